@@ -1,0 +1,225 @@
+//! Configuration: every setting is a flag of `kairos serve` and an
+//! environment variable; defaults serve a single machine well.
+
+use crate::claimer::ClaimerSettings;
+use crate::delivery::{DeliverySettings, RetryPolicy};
+use crate::plugin::PluginLimits;
+use crate::signing;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kairos",
+    version,
+    about = "Timezone-aware event scheduler with WebAssembly event types"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the REST API, the claimer and the delivery loop.
+    Serve(Box<Settings>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL URL; without it, an embedded cluster under the data directory.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "KAIROS_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Embedded cluster, compiled-plugin cache and uploaded plugins live here.
+    #[arg(long, env = "KAIROS_DATA_DIR", default_value = "./.kairos")]
+    pub data_dir: PathBuf,
+    /// Directory of event-type plugins (`NAME.wasm` + optional `NAME.toml`).
+    #[arg(long, env = "KAIROS_PLUGIN_DIR", default_value = "./dist/plugins")]
+    pub plugin_dir: PathBuf,
+    /// Where webhooks go, for types without a `webhook_url` of their own.
+    #[arg(long, env = "KAIROS_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// `whsec_<base64>`: signs webhooks (Standard Webhooks) when set.
+    #[arg(long, env = "KAIROS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Bearer token for the admin API.
+    #[arg(long, env = "KAIROS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Delivery attempts before an event is `failed`.
+    #[arg(long, env = "KAIROS_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt.
+    #[arg(long, env = "KAIROS_RETRY_BASE", default_value = "2s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "KAIROS_RETRY_MAX", default_value = "1h", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// How long a claimed event is held before another host may take it back.
+    #[arg(long, env = "KAIROS_LEASE", default_value = "60s", value_parser = parse_duration)]
+    pub lease: Duration,
+    /// Webhook request timeout; must be shorter than the lease.
+    #[arg(long, env = "KAIROS_HTTP_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_timeout: Duration,
+    /// Events due longer ago than this are failed instead of sent late.
+    #[arg(long, env = "KAIROS_MAX_LATENESS", value_parser = parse_duration)]
+    pub max_lateness: Option<Duration>,
+    /// Most events claimed by one statement.
+    #[arg(long, env = "KAIROS_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// Most webhook deliveries in flight at once.
+    #[arg(long, env = "KAIROS_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: u32,
+    /// Longest sleep of an idle claimer with no notification.
+    #[arg(long, env = "KAIROS_IDLE_POLL", default_value = "5s", value_parser = parse_duration)]
+    pub idle_poll: Duration,
+    /// How long shutdown waits for deliveries in flight.
+    #[arg(long, env = "KAIROS_SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Database connections per host.
+    #[arg(long, env = "KAIROS_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Wall-clock time one plugin call may take.
+    #[arg(long, env = "KAIROS_PLUGIN_DEADLINE", default_value = "500ms", value_parser = parse_duration)]
+    pub plugin_deadline: Duration,
+    /// Fuel one plugin call may burn.
+    #[arg(long, env = "KAIROS_PLUGIN_FUEL", default_value_t = 50_000_000)]
+    pub plugin_fuel: u64,
+    /// Linear memory one plugin instance may use, in MiB.
+    #[arg(long, env = "KAIROS_PLUGIN_MEMORY_MIB", default_value_t = 32)]
+    pub plugin_memory_mib: usize,
+    /// Log format.
+    #[arg(long, env = "KAIROS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Run the claimer and delivery loop (off: API only).
+    #[arg(long, env = "KAIROS_CLAIMER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub claimer: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (use forms like 500ms, 10s, 1h)"))
+}
+
+impl Settings {
+    /// The defaults, read from `args` and the environment as `kairos serve` would.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Wrapper::try_parse_from(args).map(|w| w.settings)
+    }
+
+    /// Checks what clap cannot: relations between settings and secret syntax.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.http_timeout < self.lease,
+            "KAIROS_HTTP_TIMEOUT ({}) must be shorter than KAIROS_LEASE ({})",
+            humantime::format_duration(self.http_timeout),
+            humantime::format_duration(self.lease)
+        );
+        anyhow::ensure!(
+            self.retry_base <= self.retry_max,
+            "KAIROS_RETRY_BASE must not exceed KAIROS_RETRY_MAX"
+        );
+        if let Some(secret) = &self.webhook_secret {
+            signing::decode_secret(secret)
+                .map_err(|e| anyhow::anyhow!("KAIROS_WEBHOOK_SECRET: {e}"))?;
+        }
+        if let Some(url) = &self.webhook_url {
+            reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("KAIROS_WEBHOOK_URL: {e}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn plugin_limits(&self) -> PluginLimits {
+        PluginLimits {
+            deadline: self.plugin_deadline,
+            fuel: self.plugin_fuel,
+            memory: self.plugin_memory_mib << 20,
+        }
+    }
+
+    pub fn delivery(&self) -> DeliverySettings {
+        DeliverySettings {
+            default_webhook_url: self.webhook_url.clone(),
+            signing_key: self
+                .webhook_secret
+                .as_deref()
+                .and_then(|s| signing::decode_secret(s).ok()),
+            retry: RetryPolicy {
+                base: self.retry_base,
+                max: self.retry_max,
+                max_attempts: self.max_attempts,
+            },
+            max_lateness: self.max_lateness,
+        }
+    }
+
+    pub fn claimer_settings(&self) -> ClaimerSettings {
+        ClaimerSettings {
+            batch_size: self.batch_size as usize,
+            concurrency: self.concurrency as usize,
+            lease: self.lease,
+            idle_poll: self.idle_poll,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let s = Settings::from_args(["kairos"]).unwrap();
+        assert_eq!(s.max_attempts, 10);
+        assert_eq!(
+            (s.retry_base, s.retry_max),
+            (Duration::from_secs(2), Duration::from_secs(3600))
+        );
+        assert_eq!(
+            (s.lease, s.http_timeout),
+            (Duration::from_secs(60), Duration::from_secs(10))
+        );
+        assert_eq!(s.bind, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn durations_read_like_500ms_10s_1h() {
+        let s =
+            Settings::from_args(["kairos", "--lease", "1h", "--http-timeout", "500ms"]).unwrap();
+        assert_eq!(
+            (s.lease, s.http_timeout),
+            (Duration::from_secs(3600), Duration::from_millis(500))
+        );
+        assert!(Settings::from_args(["kairos", "--lease", "soon"]).is_err());
+    }
+
+    #[test]
+    fn a_timeout_not_shorter_than_the_lease_is_refused() {
+        let s = Settings::from_args(["kairos", "--lease", "10s", "--http-timeout", "10s"]).unwrap();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("KAIROS_HTTP_TIMEOUT")
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! `/users`: people, their dates, and their events.
+
+use super::AppState;
+use super::error::ApiError;
+use super::json::ValidJson;
+use crate::scheduler;
+use crate::store::{self, Event, User, UserFields};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+const MAX_NAME_CHARS: usize = 200;
+const MAX_KEY_CHARS: usize = 100;
+const MAX_ATTRIBUTE_CHARS: usize = 10_000;
+pub const DEFAULT_PAGE: i64 = 100;
+pub const MAX_PAGE: i64 = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/users", get(list_users).post(create_user))
+        .route(
+            "/users/{id}",
+            get(get_user).put(replace_user).delete(delete_user),
+        )
+        .route("/users/{id}/events", get(list_user_events))
+}
+
+/// A user as a client sends it (create and full replacement).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserInput {
+    first_name: String,
+    last_name: String,
+    timezone: String,
+    #[serde(default)]
+    dates: BTreeMap<String, String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+}
+
+impl UserInput {
+    /// Applies every rule; the first broken one names its field.
+    pub fn validate(self) -> Result<UserFields, ApiError> {
+        let first_name = validate_name("first_name", &self.first_name)?;
+        let last_name = validate_name("last_name", &self.last_name)?;
+        let tz: Tz = self.timezone.parse().map_err(|_| {
+            ApiError::invalid(
+                "timezone",
+                format!(
+                    "unknown timezone {:?}: use an IANA name such as Europe/London",
+                    self.timezone
+                ),
+            )
+        })?;
+        let today = Utc::now().with_timezone(&tz).date_naive();
+        let mut dates = BTreeMap::new();
+        for (key, value) in &self.dates {
+            let field = format!("dates.{key}");
+            validate_key(&field, key)?;
+            let date = parse_date(value).ok_or_else(|| {
+                ApiError::invalid(
+                    &field,
+                    format!("{value:?} is not a date that exists (YYYY-MM-DD)"),
+                )
+            })?;
+            if date > today {
+                return Err(ApiError::invalid(
+                    &field,
+                    format!("{value} is in the future (today is {today} in {tz})"),
+                ));
+            }
+            dates.insert(key.clone(), date);
+        }
+        for (key, value) in &self.attributes {
+            let field = format!("attributes.{key}");
+            validate_key(&field, key)?;
+            if value.chars().count() > MAX_ATTRIBUTE_CHARS {
+                return Err(ApiError::invalid(
+                    field,
+                    format!("longer than {MAX_ATTRIBUTE_CHARS} characters"),
+                ));
+            }
+        }
+        Ok(UserFields {
+            first_name,
+            last_name,
+            timezone: self.timezone,
+            dates,
+            attributes: self.attributes,
+        })
+    }
+}
+
+fn validate_name(field: &str, value: &str) -> Result<String, ApiError> {
+    let trimmed = value.trim();
+    let chars = trimmed.chars().count();
+    if chars == 0 {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            format!("longer than {MAX_NAME_CHARS} characters"),
+        ));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn validate_key(field: &str, key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.chars().count() > MAX_KEY_CHARS || key.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("keys are 1 to {MAX_KEY_CHARS} characters with no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Strict `YYYY-MM-DD` of a date that exists.
+fn parse_date(value: &str) -> Option<NaiveDate> {
+    let bytes = value.as_bytes();
+    let shape_ok = bytes.len() == 10
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| i == 4 || i == 7 || b.is_ascii_digit());
+    shape_ok
+        .then(|| NaiveDate::parse_from_str(value, "%Y-%m-%d").ok())
+        .flatten()
+}
+
+pub fn parse_id(field: &str, text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text)
+        .map_err(|_| ApiError::bad_request(field, format!("{text:?} is not a UUID")))
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    ValidJson(input): ValidJson<UserInput>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
+    let fields = input.validate()?;
+    let id = Uuid::new_v4();
+    let subject = crate::plugin::Subject {
+        id,
+        first_name: fields.first_name.clone(),
+        last_name: fields.last_name.clone(),
+        timezone: fields.timezone.clone(),
+        dates: fields.dates.clone(),
+        attributes: fields.attributes.clone(),
+    };
+    let plans = state.plan_for(subject).await?;
+    let mut tx = state.pool.begin().await?;
+    let user = store::insert_user(&mut tx, id, &fields).await?;
+    store::insert_planned(&mut tx, &plans).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+async fn replace_user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ValidJson(input): ValidJson<UserInput>,
+) -> Result<Json<User>, ApiError> {
+    let id = parse_id("id", &id)?;
+    let fields = input.validate()?;
+    let mut tx = state.pool.begin().await?;
+    let user = store::update_user(&mut tx, id, &fields)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    let plans = state.plan_for(user.subject()).await?;
+    scheduler::reschedule_user(&mut tx, id, &plans).await?;
+    tx.commit().await?;
+    Ok(Json(user))
+}
+
+async fn get_user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    let id = parse_id("id", &id)?;
+    store::get_user(&state.pool, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("user"))
+}
+
+async fn delete_user(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id("id", &id)?;
+    let mut tx = state.pool.begin().await?;
+    if !store::delete_user(&mut tx, id).await? {
+        return Err(ApiError::NotFound("user"));
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+async fn list_users(
+    State(state): State<AppState>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> Result<Json<Vec<User>>, ApiError> {
+    let query: PageQuery = super::parse_query(query)?;
+    let limit = super::parse_limit(query.limit.as_deref())?;
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| parse_id("after", a))
+        .transpose()?;
+    Ok(Json(store::list_users(&state.pool, after, limit).await?))
+}
+
+async fn list_user_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Event>>, ApiError> {
+    let id = parse_id("id", &id)?;
+    if store::get_user(&state.pool, id).await?.is_none() {
+        return Err(ApiError::NotFound("user"));
+    }
+    Ok(Json(store::list_user_events(&state.pool, id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_must_be_strict_and_exist() {
+        assert_eq!(
+            parse_date("2000-02-29"),
+            NaiveDate::from_ymd_opt(2000, 2, 29)
+        );
+        for bad in [
+            "2001-02-29",
+            "2000-2-29",
+            "2000-02-30",
+            "20000-01-01",
+            "2000/02/01",
+            "",
+            "2000-13-01",
+        ] {
+            assert_eq!(parse_date(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded_in_characters_not_bytes() {
+        assert_eq!(validate_name("first_name", "  Ada ").unwrap(), "Ada");
+        assert!(validate_name("first_name", &"é".repeat(200)).is_ok());
+        assert!(validate_name("first_name", &"é".repeat(201)).is_err());
+        assert!(validate_name("first_name", "   ").is_err());
+        assert!(validate_name("first_name", "A\u{0007}da").is_err());
+    }
+}

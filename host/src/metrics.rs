@@ -1,0 +1,84 @@
+//! Process-wide counters, rendered in the Prometheus text format at `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static DELIVERY_ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+static DELIVERED: AtomicU64 = AtomicU64::new(0);
+static RETRIED: AtomicU64 = AtomicU64::new(0);
+static FAILED: AtomicU64 = AtomicU64::new(0);
+static PLUGIN_FAILURES: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+pub fn delivery_attempt() {
+    DELIVERY_ATTEMPTS.fetch_add(1, Ordering::Relaxed);
+}
+pub fn delivered() {
+    DELIVERED.fetch_add(1, Ordering::Relaxed);
+}
+pub fn delivery_retried() {
+    RETRIED.fetch_add(1, Ordering::Relaxed);
+}
+pub fn delivery_failed() {
+    FAILED.fetch_add(1, Ordering::Relaxed);
+}
+pub fn plugin_failure(event_type: &str) {
+    *PLUGIN_FAILURES
+        .lock()
+        .unwrap()
+        .entry(event_type.to_string())
+        .or_default() += 1;
+}
+
+/// The counters plus gauges read at scrape time.
+pub fn render(loaded_types: &[String], pending_events: i64) -> String {
+    let mut out = String::new();
+    let counters = [
+        (
+            "kairos_delivery_attempts_total",
+            "Webhook delivery attempts made.",
+            &DELIVERY_ATTEMPTS,
+        ),
+        (
+            "kairos_events_delivered_total",
+            "Events delivered (2xx).",
+            &DELIVERED,
+        ),
+        (
+            "kairos_delivery_retries_total",
+            "Failed attempts scheduled for a retry.",
+            &RETRIED,
+        ),
+        ("kairos_events_failed_total", "Events given up on.", &FAILED),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kairos_plugin_failures_total Plugin calls that trapped, hit a limit or returned an error.\n# TYPE kairos_plugin_failures_total counter"
+    );
+    for (event_type, count) in PLUGIN_FAILURES.lock().unwrap().iter() {
+        let _ = writeln!(
+            out,
+            "kairos_plugin_failures_total{{event_type=\"{event_type}\"}} {count}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kairos_event_types_loaded Event types loaded.\n# TYPE kairos_event_types_loaded gauge"
+    );
+    for name in loaded_types {
+        let _ = writeln!(out, "kairos_event_types_loaded{{event_type=\"{name}\"}} 1");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kairos_events_pending Events waiting to be delivered.\n# TYPE kairos_events_pending gauge\nkairos_events_pending {pending_events}"
+    );
+    out
+}

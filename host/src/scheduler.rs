@@ -1,0 +1,204 @@
+//! Generation: ask each event type for a user's next occurrence in local wall
+//! time, turn it into a UTC due time, and write it as a pending event.
+
+use crate::plugin::{LoadedPlugin, PluginError, Subject};
+use crate::store;
+use chrono::{DateTime, Duration, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono_tz::Tz;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// An occurrence ready to be written as a pending event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub user_id: Uuid,
+    pub event_type: String,
+    pub occurrence: NaiveDateTime,
+    pub timezone: String,
+    pub due_at: DateTime<Utc>,
+}
+
+/// The UTC instant of a local wall time in `tz`. A time inside a DST gap moves
+/// forward by the length of the gap; an ambiguous time takes the earlier instant.
+pub fn local_to_utc(local: NaiveDateTime, tz: Tz) -> DateTime<Utc> {
+    match tz.from_local_datetime(&local).earliest() {
+        Some(t) => t.with_timezone(&Utc),
+        None => {
+            // In a gap: read the wall time with the offset in force just before it.
+            let before = tz
+                .offset_from_utc_datetime(&(local - Duration::days(1)))
+                .fix();
+            (local - Duration::seconds(i64::from(before.local_minus_utc()))).and_utc()
+        }
+    }
+}
+
+/// The local wall time in `tz` at `instant`.
+pub fn utc_to_local(instant: DateTime<Utc>, tz: Tz) -> NaiveDateTime {
+    instant.with_timezone(&tz).naive_local()
+}
+
+/// Parses a stored timezone name; names are validated on the way in.
+pub fn parse_tz(name: &str) -> Option<Tz> {
+    name.parse().ok()
+}
+
+/// The next occurrence of `plugin` for `subject` strictly after the local time
+/// `after`; `Ok(None)` when the type does not apply or has no further occurrence.
+pub fn plan_next(
+    plugin: &LoadedPlugin,
+    subject: &Subject,
+    after: NaiveDateTime,
+) -> Result<Option<PlannedEvent>, PluginError> {
+    if !plugin.applies_to(subject) {
+        return Ok(None);
+    }
+    let Some(tz) = parse_tz(&subject.timezone) else {
+        return Ok(None);
+    };
+    Ok(plugin
+        .next_occurrence(subject, after)?
+        .map(|occurrence| PlannedEvent {
+            user_id: subject.id,
+            event_type: plugin.name().to_string(),
+            occurrence,
+            timezone: subject.timezone.clone(),
+            due_at: local_to_utc(occurrence, tz),
+        }))
+}
+
+/// Plans the next occurrence of every type in `plugins` for `subject`, after
+/// the subject's local time at `now`. A plugin failure skips that type and is
+/// logged: the user is still saved.
+pub fn plan_for_subject<'a>(
+    plugins: impl IntoIterator<Item = &'a std::sync::Arc<LoadedPlugin>>,
+    subject: &Subject,
+    now: DateTime<Utc>,
+) -> Vec<PlannedEvent> {
+    let Some(tz) = parse_tz(&subject.timezone) else {
+        return Vec::new();
+    };
+    let local_now = utc_to_local(now, tz);
+    plugins
+        .into_iter()
+        .filter_map(|plugin| match plan_next(plugin, subject, local_now) {
+            Ok(plan) => plan,
+            Err(error) => {
+                crate::metrics::plugin_failure(plugin.name());
+                tracing::warn!(
+                    event_type = plugin.name(),
+                    user_id = %subject.id,
+                    %error,
+                    "event type failed to generate an occurrence"
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+/// Brings a user's pending, not-yet-due events in line with `plans`: events
+/// that no plan keeps are cancelled, planned ones are inserted. Events already
+/// due (or retrying) are left to be delivered.
+pub async fn reschedule_user(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    plans: &[PlannedEvent],
+) -> sqlx::Result<()> {
+    store::cancel_unplanned_pending(conn, user_id, plans).await?;
+    store::insert_planned(conn, plans).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn local(y: i32, m: u32, d: u32, h: u32, min: u32) -> NaiveDateTime {
+        NaiveDate::from_ymd_opt(y, m, d)
+            .unwrap()
+            .and_hms_opt(h, min, 0)
+            .unwrap()
+    }
+
+    fn utc(y: i32, m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
+        local(y, m, d, h, min).and_utc()
+    }
+
+    #[test]
+    fn fixed_offsets_of_every_kind_convert_exactly() {
+        let cases = [
+            ("UTC", utc(2026, 12, 10, 9, 0)),
+            ("Asia/Tokyo", utc(2026, 12, 10, 0, 0)), // +09:00
+            ("America/New_York", utc(2026, 12, 10, 14, 0)), // -05:00
+            ("Asia/Kolkata", utc(2026, 12, 10, 3, 30)), // +05:30
+            ("Asia/Kathmandu", utc(2026, 12, 10, 3, 15)), // +05:45
+            ("Pacific/Kiritimati", utc(2026, 12, 9, 19, 0)), // +14:00
+            ("Pacific/Pago_Pago", utc(2026, 12, 10, 20, 0)), // -11:00
+            ("Australia/Sydney", utc(2026, 12, 9, 22, 0)), // +11:00, southern summer
+        ];
+        for (zone, expected) in cases {
+            let tz: Tz = zone.parse().unwrap();
+            assert_eq!(
+                local_to_utc(local(2026, 12, 10, 9, 0), tz),
+                expected,
+                "{zone}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_time_in_a_spring_forward_gap_moves_forward_by_the_gap() {
+        // New York, 2026-03-08: 02:00 jumps to 03:00 (EST -5 → EDT -4).
+        let tz: Tz = "America/New_York".parse().unwrap();
+        assert_eq!(
+            local_to_utc(local(2026, 3, 8, 2, 30), tz),
+            utc(2026, 3, 8, 7, 30)
+        );
+        // 07:30 UTC is 03:30 EDT: the wall time moved forward by one hour.
+        assert_eq!(
+            utc_to_local(utc(2026, 3, 8, 7, 30), tz),
+            local(2026, 3, 8, 3, 30)
+        );
+    }
+
+    #[test]
+    fn an_ambiguous_fall_back_time_takes_the_earlier_instant() {
+        // New York, 2026-11-01: 01:30 happens twice, first in EDT (-4).
+        let tz: Tz = "America/New_York".parse().unwrap();
+        assert_eq!(
+            local_to_utc(local(2026, 11, 1, 1, 30), tz),
+            utc(2026, 11, 1, 5, 30)
+        );
+    }
+
+    #[test]
+    fn southern_hemisphere_dst_gap_and_overlap() {
+        // Sydney, 2026-10-04: 02:00 → 03:00 (AEST +10 → AEDT +11).
+        let tz: Tz = "Australia/Sydney".parse().unwrap();
+        assert_eq!(
+            local_to_utc(local(2026, 10, 4, 2, 30), tz),
+            utc(2026, 10, 3, 16, 30)
+        );
+        // 2026-04-05: 02:30 happens twice; the earlier is AEDT (+11).
+        assert_eq!(
+            local_to_utc(local(2026, 4, 5, 2, 30), tz),
+            utc(2026, 4, 4, 15, 30)
+        );
+    }
+
+    #[test]
+    fn a_half_hour_dst_zone_gap_moves_forward_by_half_an_hour() {
+        // Lord Howe, 2026-10-04: 02:00 → 02:30 (+10:30 → +11:00).
+        let tz: Tz = "Australia/Lord_Howe".parse().unwrap();
+        assert_eq!(
+            local_to_utc(local(2026, 10, 4, 2, 15), tz),
+            utc(2026, 10, 3, 15, 45)
+        );
+        assert_eq!(
+            utc_to_local(utc(2026, 10, 3, 15, 45), tz),
+            local(2026, 10, 4, 2, 45)
+        );
+    }
+}

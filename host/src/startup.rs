@@ -1,0 +1,170 @@
+//! Wiring: database (embedded or given), migrations, plugins, HTTP server and
+//! claimer, and a shutdown that stops them in order.
+
+use crate::claimer::Claimer;
+use crate::config::Settings;
+use crate::delivery::Deliverer;
+use crate::embedded_pg::EmbeddedPostgres;
+use crate::http::{self, AppState};
+use crate::plugin::{PluginRuntime, Registry};
+use anyhow::Context;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub struct Application {
+    settings: Settings,
+    listener: TcpListener,
+    state: AppState,
+    deliverer: Arc<Deliverer>,
+    /// Kept so the embedded cluster stops when the application is dropped.
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Application {
+    /// Connects (starting the embedded cluster if no URL is given), migrates,
+    /// loads the plugin directory and binds the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let (database_url, embedded) = match &settings.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                let dir = settings.data_dir.join("postgres");
+                let embedded = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
+                    .await?
+                    .context(
+                        "starting the embedded PostgreSQL (set DATABASE_URL to use another)",
+                    )?;
+                (embedded.ensure_database().await?, Some(embedded))
+            }
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.db_max_connections)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(&database_url)
+            .await
+            .context("connecting to PostgreSQL")?;
+        migrate(&pool).await?;
+
+        let runtime = PluginRuntime::new(settings.plugin_limits())?;
+        let registry = Arc::new(Registry::new(runtime));
+        if settings.plugin_dir.is_dir() {
+            let dir = settings.plugin_dir.clone();
+            let registry = registry.clone();
+            let loaded = tokio::task::spawn_blocking(move || registry.load_dir(&dir)).await??;
+            tracing::info!(types = ?loaded, dir = %settings.plugin_dir.display(), "plugin directory loaded");
+        } else {
+            tracing::warn!(dir = %settings.plugin_dir.display(), "plugin directory does not exist; no event types loaded");
+        }
+
+        let client = reqwest::Client::builder()
+            .timeout(settings.http_timeout)
+            .connect_timeout(settings.http_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let deliverer = Arc::new(Deliverer::new(
+            pool.clone(),
+            registry.clone(),
+            client,
+            settings.delivery(),
+        ));
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.bind))?;
+        Ok(Self {
+            state: AppState { pool, registry },
+            deliverer,
+            listener,
+            settings,
+            embedded,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn deliverer(&self) -> Arc<Deliverer> {
+        self.deliverer.clone()
+    }
+
+    /// A claimer over this application's database and plugins; tests step it.
+    pub fn claimer(&self) -> Claimer {
+        Claimer::new(
+            self.state.pool.clone(),
+            self.deliverer.clone(),
+            self.settings.claimer_settings(),
+        )
+    }
+
+    /// Serves until `shutdown` resolves, then stops claiming, lets deliveries
+    /// in flight finish (or releases them), drains HTTP and stops the
+    /// embedded database.
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        };
+        let claimer = self.settings.claimer.then(|| {
+            let claimer = self.claimer();
+            tokio::spawn(claimer.run(wait_stop(stop_rx.clone())))
+        });
+        tracing::info!(addr = %self.local_addr(), "kairos is serving");
+        let app = http::router(self.state.clone());
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(wait_stop(stop_rx));
+        let server = tokio::spawn(async move { server.await });
+
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        if let Some(claimer) = claimer {
+            claimer.await?.context("claimer")?;
+        }
+        server.await??;
+        self.state.pool.close().await;
+        if let Some(mut embedded) = self.embedded.take() {
+            tokio::task::spawn_blocking(move || embedded.stop()).await??;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("../migrations")
+        .run(pool)
+        .await
+        .context("running database migrations")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

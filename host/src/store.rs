@@ -1,0 +1,307 @@
+//! All SQL outside the claimer's hot path: users, their events, and the
+//! writes generation makes.
+
+use crate::plugin::Subject;
+use crate::scheduler::PlannedEvent;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde::Serialize;
+use sqlx::types::Json;
+use sqlx::{FromRow, PgConnection, PgPool};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub first_name: String,
+    pub last_name: String,
+    pub timezone: String,
+    #[sqlx(json)]
+    pub dates: BTreeMap<String, NaiveDate>,
+    #[sqlx(json)]
+    pub attributes: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl User {
+    pub fn subject(&self) -> Subject {
+        Subject {
+            id: self.id,
+            first_name: self.first_name.clone(),
+            last_name: self.last_name.clone(),
+            timezone: self.timezone.clone(),
+            dates: self.dates.clone(),
+            attributes: self.attributes.clone(),
+        }
+    }
+}
+
+/// A user's fields as a client sends them, already validated.
+#[derive(Debug, Clone)]
+pub struct UserFields {
+    pub first_name: String,
+    pub last_name: String,
+    pub timezone: String,
+    pub dates: BTreeMap<String, NaiveDate>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct Event {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub event_type: String,
+    #[serde(serialize_with = "serialize_local")]
+    pub occurrence: NaiveDateTime,
+    pub timezone: String,
+    pub due_at: DateTime<Utc>,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// `YYYY-MM-DDTHH:MM:SS`, the contract's local wall-time form.
+pub fn format_local(t: &NaiveDateTime) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+fn serialize_local<S: serde::Serializer>(t: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_local(t))
+}
+
+/// The columns of `User`, as a literal for `concat!` (sqlx takes only static SQL).
+macro_rules! user_columns {
+    () => {
+        "id, first_name, last_name, timezone, dates, attributes, created_at, updated_at"
+    };
+}
+
+/// The columns of `Event`.
+macro_rules! event_columns {
+    () => {
+        "id, user_id, event_type, occurrence, timezone, due_at, status, attempts, last_error, delivered_at"
+    };
+}
+
+pub async fn insert_user(
+    conn: &mut PgConnection,
+    id: Uuid,
+    fields: &UserFields,
+) -> sqlx::Result<User> {
+    sqlx::query_as(concat!(
+        "INSERT INTO users (id, first_name, last_name, timezone, dates, attributes) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+        user_columns!()
+    ))
+    .bind(id)
+    .bind(&fields.first_name)
+    .bind(&fields.last_name)
+    .bind(&fields.timezone)
+    .bind(Json(&fields.dates))
+    .bind(Json(&fields.attributes))
+    .fetch_one(conn)
+    .await
+}
+
+/// Replaces a user's fields, holding the row lock until the caller commits so
+/// rescheduling and delivery see one version of the user.
+pub async fn update_user(
+    conn: &mut PgConnection,
+    id: Uuid,
+    fields: &UserFields,
+) -> sqlx::Result<Option<User>> {
+    sqlx::query_as(concat!(
+        "UPDATE users SET first_name = $2, last_name = $3, timezone = $4, dates = $5, \
+         attributes = $6, updated_at = now() WHERE id = $1 RETURNING ",
+        user_columns!()
+    ))
+    .bind(id)
+    .bind(&fields.first_name)
+    .bind(&fields.last_name)
+    .bind(&fields.timezone)
+    .bind(Json(&fields.dates))
+    .bind(Json(&fields.attributes))
+    .fetch_optional(conn)
+    .await
+}
+
+/// Deletes a user and cancels every event of theirs not yet delivered or failed.
+pub async fn delete_user(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<bool> {
+    let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if deleted == 0 {
+        return Ok(false);
+    }
+    sqlx::query(
+        "UPDATE events SET status = 'cancelled', lease_id = NULL, lease_until = NULL, \
+         updated_at = now() WHERE user_id = $1 AND status IN ('pending', 'processing')",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(true)
+}
+
+pub async fn get_user(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<User>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Users by id, locked against concurrent updates until the caller commits.
+pub async fn lock_users(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<User>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn get_users(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<User>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn list_users(pool: &PgPool, after: Option<Uuid>, limit: i64) -> sqlx::Result<Vec<User>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn list_user_events(pool: &PgPool, user_id: Uuid) -> sqlx::Result<Vec<Event>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events WHERE user_id = $1 ORDER BY due_at, event_type"
+    ))
+    .bind(user_id)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn list_events(
+    pool: &PgPool,
+    status: Option<&str>,
+    event_type: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Event>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events \
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR event_type = $2) \
+         ORDER BY due_at, id LIMIT $3"
+    ))
+    .bind(status)
+    .bind(event_type)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Event>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        event_columns!(),
+        " FROM events WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Puts a `failed` event back to `pending`, runnable now, with a fresh round
+/// of attempts. `None` when the event is not failed (or does not exist).
+pub async fn retry_failed_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Event>> {
+    sqlx::query_as(concat!(
+        "UPDATE events SET status = 'pending', run_at = now(), attempts_before_retry = attempts, \
+         updated_at = now() WHERE id = $1 AND status = 'failed' RETURNING ",
+        event_columns!()
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Cancels the user's pending events that are not yet due and that no plan
+/// keeps as they are (same type, occurrence and due time).
+pub async fn cancel_unplanned_pending(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    plans: &[PlannedEvent],
+) -> sqlx::Result<u64> {
+    let types: Vec<&str> = plans.iter().map(|p| p.event_type.as_str()).collect();
+    let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
+    let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
+    Ok(sqlx::query(
+        "UPDATE events e SET status = 'cancelled', updated_at = now() \
+         WHERE e.user_id = $1 AND e.status = 'pending' AND e.due_at > now() \
+           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::timestamp[], $4::timestamptz[]) \
+                           AS p(event_type, occurrence, due_at) \
+                           WHERE p.event_type = e.event_type AND p.occurrence = e.occurrence \
+                             AND p.due_at = e.due_at)",
+    )
+    .bind(user_id)
+    .bind(&types)
+    .bind(&occurrences)
+    .bind(&due)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Inserts planned events as pending; an occurrence that already has a live
+/// event is left alone (the unique key makes generation idempotent).
+pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> sqlx::Result<u64> {
+    if plans.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = plans.iter().map(|_| Uuid::new_v4()).collect();
+    let users: Vec<Uuid> = plans.iter().map(|p| p.user_id).collect();
+    let types: Vec<&str> = plans.iter().map(|p| p.event_type.as_str()).collect();
+    let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
+    let zones: Vec<&str> = plans.iter().map(|p| p.timezone.as_str()).collect();
+    let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
+    Ok(sqlx::query(
+        "INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at) \
+         SELECT id, user_id, event_type, occurrence, timezone, due_at, due_at \
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamp[], $5::text[], $6::timestamptz[]) \
+              AS p(id, user_id, event_type, occurrence, timezone, due_at) \
+         WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id) \
+         ON CONFLICT (user_id, event_type, occurrence) WHERE status <> 'cancelled' DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(&types)
+    .bind(&occurrences)
+    .bind(&zones)
+    .bind(&due)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
