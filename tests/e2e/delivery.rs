@@ -1,0 +1,476 @@
+//! Claiming and delivery: exactly once, signed, retried, failed, rescued,
+//! shared between replicas, caught up after downtime, woken without polling.
+
+use crate::helpers::{SECRET, TestApp, ada, spawn_app, spawn_app_on, spawn_app_with};
+use kairos::claimer::{claim_due_events, release_expired_leases};
+use kairos::signing;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Creates Ada and returns (user id, her birthday event id).
+async fn ada_with_event(app: &TestApp) -> (String, String) {
+    let user = app.create_user(&ada()).await;
+    let user_id = user["id"].as_str().unwrap().to_string();
+    let event_id = app.events_of(&user_id).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (user_id, event_id)
+}
+
+#[tokio::test]
+async fn a_due_event_is_delivered_once_signed_and_the_next_year_is_scheduled() {
+    let app = spawn_app().await;
+    let (user_id, event_id) = ada_with_event(&app).await;
+    let event = app.event(&event_id).await;
+    app.make_due(&event_id).await;
+
+    assert_eq!(app.run_claimer_once().await, 1);
+    assert_eq!(app.run_claimer_once().await, 0, "nothing is claimed twice");
+
+    let received = app.receiver.received();
+    assert_eq!(received.len(), 1);
+    let hook = &received[0];
+    assert_eq!(hook.body["id"], event_id.as_str());
+    assert_eq!(hook.body["event_type"], "birthday");
+    assert_eq!(hook.body["user_id"], user_id.as_str());
+    assert_eq!(hook.body["occurrence"], event["occurrence"]);
+    assert_eq!(hook.body["timezone"], "Europe/London");
+    assert!(hook.body["due_at"].is_string());
+    assert_eq!(
+        hook.body["message"]["text"],
+        "Hey, Ada Lovelace it's your birthday"
+    );
+    assert_eq!(hook.header("idempotency-key"), event_id);
+    assert_eq!(hook.header("webhook-id"), event_id);
+    assert_eq!(hook.header("content-type"), "application/json");
+
+    let key = signing::decode_secret(SECRET).unwrap();
+    let timestamp: i64 = hook.header("webhook-timestamp").parse().unwrap();
+    assert!((chrono::Utc::now().timestamp() - timestamp).abs() < 300);
+    assert!(signing::verify(
+        &key,
+        &event_id,
+        timestamp,
+        &hook.raw,
+        hook.header("webhook-signature")
+    ));
+    assert!(!signing::verify(
+        &key,
+        &event_id,
+        timestamp + 1,
+        &hook.raw,
+        hook.header("webhook-signature")
+    ));
+
+    let delivered = app.event(&event_id).await;
+    assert_eq!(delivered["status"], "delivered");
+    assert_eq!(delivered["attempts"], 1);
+    assert!(delivered["delivered_at"].is_string());
+
+    let events = app.events_of(&user_id).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let next = events
+        .iter()
+        .find(|e| e["status"] == "pending")
+        .expect("next occurrence");
+    let year = |e: &Value| {
+        e["occurrence"].as_str().unwrap()[..4]
+            .parse::<i32>()
+            .unwrap()
+    };
+    assert!(year(next) > year(&event), "{next} follows {event}");
+}
+
+#[tokio::test]
+async fn without_a_secret_no_signature_is_sent() {
+    let app = spawn_app_with(|s| s.webhook_secret = None).await;
+    let (_, event_id) = ada_with_event(&app).await;
+    app.make_due(&event_id).await;
+    app.run_claimer_once().await;
+    let received = app.receiver.received();
+    assert_eq!(received.len(), 1);
+    assert!(received[0].headers.get("webhook-signature").is_none());
+    assert_eq!(received[0].header("webhook-id"), event_id);
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff_until_success() {
+    let app = spawn_app().await;
+    app.receiver.respond_with(&[503, 429]);
+    let (_, event_id) = ada_with_event(&app).await;
+    app.make_due(&event_id).await;
+
+    app.run_claimer_once().await;
+    let after_first = app.event(&event_id).await;
+    assert_eq!(after_first["status"], "pending");
+    assert_eq!(after_first["attempts"], 1);
+    assert!(
+        after_first["last_error"].as_str().unwrap().contains("503"),
+        "{after_first}"
+    );
+    // The backoff keeps it from being claimed at once.
+    let run_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT run_at FROM events WHERE id = $1::uuid")
+            .bind(&event_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(run_at > chrono::Utc::now() - chrono::Duration::milliseconds(5));
+
+    app.make_runnable(&event_id).await;
+    app.run_claimer_once().await;
+    assert!(
+        app.event(&event_id).await["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("429")
+    );
+
+    app.make_runnable(&event_id).await;
+    app.run_claimer_once().await;
+    let done = app.event(&event_id).await;
+    assert_eq!(done["status"], "delivered");
+    assert_eq!(done["attempts"], 3);
+    let keys: HashSet<String> = app
+        .receiver
+        .received()
+        .iter()
+        .map(|r| r.header("idempotency-key").to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        HashSet::from([event_id.clone()]),
+        "every attempt carries the same key"
+    );
+}
+
+#[tokio::test]
+async fn a_client_error_fails_the_event_at_once() {
+    let app = spawn_app().await;
+    app.receiver.respond_with(&[400]);
+    let (user_id, event_id) = ada_with_event(&app).await;
+    app.make_due(&event_id).await;
+    app.run_claimer_once().await;
+    let failed = app.event(&event_id).await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["attempts"], 1);
+    assert!(failed["last_error"].as_str().unwrap().contains("400"));
+    // A failed occurrence still leads to the next one.
+    let events = app.events_of(&user_id).await;
+    assert!(
+        events.iter().any(|e| e["status"] == "pending"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn exhausted_attempts_fail_and_a_manual_retry_grants_a_fresh_round() {
+    let app = spawn_app().await; // max_attempts = 3
+    app.receiver.respond_with(&[500, 500, 500, 500]);
+    let (_, event_id) = ada_with_event(&app).await;
+    app.make_due(&event_id).await;
+    for _ in 0..3 {
+        app.make_runnable(&event_id).await;
+        assert_eq!(app.run_claimer_once().await, 1);
+    }
+    let failed = app.event(&event_id).await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["attempts"], 3);
+
+    // Retrying anything but a failed event is refused.
+    let other = app
+        .post_json(
+            &format!("/events/{}/retry", uuid::Uuid::new_v4()),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(other.status(), 404);
+
+    let response = app
+        .post_json(&format!("/events/{event_id}/retry"), &json!({}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let retried: Value = response.json().await.unwrap();
+    assert_eq!(retried["status"], "pending");
+    assert_eq!(retried["attempts"], 3, "a manual retry keeps the count");
+    let again = app
+        .post_json(&format!("/events/{event_id}/retry"), &json!({}))
+        .await;
+    assert_eq!(again.status(), 409);
+
+    // One more 500 is within the fresh round, then success.
+    app.run_claimer_once().await;
+    assert_eq!(app.event(&event_id).await["status"], "pending");
+    app.make_runnable(&event_id).await;
+    app.run_claimer_once().await;
+    let done = app.event(&event_id).await;
+    assert_eq!(done["status"], "delivered");
+    assert_eq!(done["attempts"], 5);
+}
+
+#[tokio::test]
+async fn connection_errors_are_retried() {
+    // A port nothing listens on: bind one, learn it, close it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = spawn_app_with(|s| s.webhook_url = Some(format!("http://{closed}/hook"))).await;
+    let (_, event_id) = ada_with_event(&app).await;
+    app.make_due(&event_id).await;
+    app.run_claimer_once().await;
+    let event = app.event(&event_id).await;
+    assert_eq!(event["status"], "pending");
+    assert!(
+        event["last_error"].as_str().unwrap().contains("connection"),
+        "{event}"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_user_gets_nothing() {
+    let app = spawn_app().await;
+    let (user_id, event_id) = ada_with_event(&app).await;
+    app.make_due(&event_id).await;
+    assert_eq!(app.delete(&format!("/users/{user_id}")).await.status(), 204);
+    assert_eq!(app.run_claimer_once().await, 0);
+    assert!(app.receiver.received().is_empty());
+    assert_eq!(app.event(&event_id).await["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn an_update_before_the_due_time_is_what_gets_delivered() {
+    let app = spawn_app().await;
+    let (user_id, _) = ada_with_event(&app).await;
+    let mut body = ada();
+    body["first_name"] = json!("Augusta");
+    body["dates"] = json!({"birthday": "1815-06-15"});
+    assert_eq!(
+        app.put_json(&format!("/users/{user_id}"), &body)
+            .await
+            .status(),
+        200
+    );
+    let events = app.events_of(&user_id).await;
+    let pending = events.iter().find(|e| e["status"] == "pending").unwrap();
+    let pending_id = pending["id"].as_str().unwrap().to_string();
+    app.make_due(&pending_id).await;
+    assert_eq!(
+        app.run_claimer_once().await,
+        1,
+        "only the new occurrence is due"
+    );
+    let received = app.receiver.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body["id"], pending_id.as_str());
+    assert_eq!(
+        received[0].body["message"]["text"],
+        "Hey, Augusta Lovelace it's your birthday"
+    );
+}
+
+#[tokio::test]
+async fn an_update_never_pushes_an_already_due_event_to_a_later_year() {
+    let app = spawn_app().await;
+    let (user_id, event_id) = ada_with_event(&app).await;
+    app.make_due(&event_id).await;
+    let mut body = ada();
+    body["timezone"] = json!("America/New_York");
+    assert_eq!(
+        app.put_json(&format!("/users/{user_id}"), &body)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(app.event(&event_id).await["status"], "pending");
+    assert_eq!(app.run_claimer_once().await, 1);
+    assert_eq!(app.event(&event_id).await["status"], "delivered");
+    assert_eq!(app.receiver.received()[0].body["id"], event_id.as_str());
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_redelivered_with_the_same_idempotency_key_and_the_stale_result_is_dropped()
+ {
+    let app = spawn_app().await;
+    let (_, event_id) = ada_with_event(&app).await;
+    app.make_due(&event_id).await;
+
+    // Host A claims and sends, then dies before recording the outcome.
+    let claimed = claim_due_events(&app.pool, 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let stale = app.deliverer.deliver(claimed[0].clone()).await;
+    assert_eq!(app.event(&event_id).await["status"], "processing");
+    assert_eq!(
+        release_expired_leases(&app.pool).await.unwrap(),
+        0,
+        "the lease still holds"
+    );
+
+    // Its lease runs out.
+    sqlx::query("UPDATE events SET lease_until = now() - interval '1 second' WHERE id = $1::uuid")
+        .bind(&event_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(release_expired_leases(&app.pool).await.unwrap(), 1);
+    assert_eq!(app.event(&event_id).await["status"], "pending");
+
+    // Host B delivers it again.
+    assert_eq!(app.run_claimer_once().await, 1);
+    let received = app.receiver.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[0].header("idempotency-key"),
+        received[1].header("idempotency-key")
+    );
+    assert_eq!(received[1].header("idempotency-key"), event_id);
+    let delivered = app.event(&event_id).await;
+    assert_eq!(delivered["status"], "delivered");
+    assert_eq!(delivered["attempts"], 2);
+
+    // Host A's late outcome no longer holds the lease: dropped.
+    app.deliverer.complete(vec![stale]).await.unwrap();
+    let after = app.event(&event_id).await;
+    assert_eq!(after, delivered);
+}
+
+/// Steps a replica's claimer until it finds nothing due; returns how many it claimed.
+async fn drain(app: &TestApp) -> usize {
+    let mut claimed = 0;
+    loop {
+        let n = app.run_claimer_once().await;
+        if n == 0 {
+            return claimed;
+        }
+        claimed += n;
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_database_never_deliver_an_event_twice() {
+    let first = spawn_app_with(|s| s.batch_size = 7).await;
+    let mut second_settings = first.settings.clone();
+    second_settings.plugin_dir = crate::helpers::plugin_dir_with_birthday(None);
+    let second = spawn_app_on(second_settings, first.receiver.clone()).await;
+
+    let users = 120;
+    for i in 0..users {
+        let mut body = ada();
+        body["first_name"] = json!(format!("Ada{i}"));
+        first.create_user(&body).await;
+    }
+    sqlx::query("UPDATE events SET due_at = now() - interval '1 second', run_at = now() - interval '1 second'")
+        .execute(&first.pool)
+        .await
+        .unwrap();
+
+    let (a, b) = tokio::join!(drain(&first), drain(&second));
+    assert_eq!(
+        a + b,
+        users,
+        "every event claimed exactly once between them"
+    );
+    assert!(a > 0 && b > 0, "both replicas took part ({a} / {b})");
+
+    let received = first.receiver.received();
+    let ids: HashSet<&str> = received
+        .iter()
+        .map(|r| r.header("idempotency-key"))
+        .collect();
+    assert_eq!(received.len(), users);
+    assert_eq!(ids.len(), users, "no event was delivered twice");
+    let delivered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE status = 'delivered' AND attempts = 1",
+    )
+    .fetch_one(&first.pool)
+    .await
+    .unwrap();
+    assert_eq!(delivered, users as i64);
+}
+
+#[tokio::test]
+async fn after_downtime_everything_that_came_due_is_delivered_in_due_order() {
+    let app = spawn_app().await;
+    let mut expected = Vec::new();
+    for (i, minutes_ago) in [30, 90, 10, 60, 20].into_iter().enumerate() {
+        let mut body = ada();
+        body["first_name"] = json!(format!("Ada{i}"));
+        let user = app.create_user(&body).await;
+        let event_id = app.events_of(user["id"].as_str().unwrap()).await[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        sqlx::query(
+            "UPDATE events SET due_at = now() - make_interval(mins => $2), run_at = now() - make_interval(mins => $2) WHERE id = $1::uuid",
+        )
+        .bind(&event_id)
+        .bind(minutes_ago)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        expected.push((minutes_ago, event_id));
+    }
+    let mut settings = app.settings.clone();
+    let receiver = app.receiver.clone();
+    app.stop().await;
+
+    // The host comes back with its claimer running, one delivery at a time.
+    settings.claimer = true;
+    settings.concurrency = 1;
+    let restarted = spawn_app_on(settings, receiver).await;
+    let received = restarted
+        .receiver
+        .wait_for(5, Duration::from_secs(20))
+        .await;
+    expected.sort_by_key(|(minutes_ago, _)| std::cmp::Reverse(*minutes_ago));
+    let expected_order: Vec<&str> = expected.iter().map(|(_, id)| id.as_str()).collect();
+    let order: Vec<&str> = received
+        .iter()
+        .map(|r| r.header("idempotency-key"))
+        .collect();
+    assert_eq!(order, expected_order);
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn a_running_host_is_woken_by_the_database_not_by_its_poll() {
+    // With a one-hour poll, only LISTEN/NOTIFY and sleeping until the due time
+    // can deliver within the test's limit.
+    let app = spawn_app_with(|s| {
+        s.claimer = true;
+        s.idle_poll = Duration::from_secs(3600);
+    })
+    .await;
+    let (_, event_id) = ada_with_event(&app).await;
+    sqlx::query("UPDATE events SET due_at = now() + interval '1 second', run_at = now() + interval '1 second' WHERE id = $1::uuid")
+        .bind(&event_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let received = app.receiver.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(received[0].header("idempotency-key"), event_id);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_host_cleanly_and_leaves_no_event_processing() {
+    let app = spawn_app_with(|s| s.claimer = true).await;
+    let (_, event_id) = ada_with_event(&app).await;
+    app.make_due(&event_id).await;
+    app.receiver.wait_for(1, Duration::from_secs(15)).await;
+    let pool = app.pool.clone();
+    let url = app.database_url.clone();
+    app.stop().await;
+    assert!(pool.is_closed());
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let processing: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE status = 'processing'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(processing, 0);
+}

@@ -1,0 +1,435 @@
+//! The test harness: one throwaway PostgreSQL cluster per test run (from the
+//! machine's binaries), a migrated template database cloned per test, the real
+//! plugin components built from source, a real webhook receiver on port 0,
+//! and the app itself on port 0.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use kairos::claimer::Claimer;
+use kairos::config::Settings;
+use kairos::delivery::Deliverer;
+use kairos::embedded_pg::EmbeddedPostgres;
+use kairos::startup::Application;
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+use uuid::Uuid;
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const TEMPLATE_DB: &str = "kairos_template";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+struct Cluster {
+    pg: Mutex<Option<EmbeddedPostgres>>,
+    url_base: String,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static CREATE_DB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+extern "C" fn stop_cluster() {
+    if let Some(cluster) = CLUSTER.get()
+        && let Ok(mut pg) = cluster.pg.lock()
+        && let Some(mut pg) = pg.take()
+    {
+        let _ = pg.stop();
+    }
+}
+
+/// Starts a fresh cluster for this test process and migrates the template.
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        std::thread::spawn(|| {
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-postgres");
+            if dir.join("postgres/data/PG_VERSION").exists() {
+                // A previous run that died may have left it running.
+                if let Ok(mut old) = EmbeddedPostgres::start(&dir.join("postgres")) {
+                    let _ = old.stop();
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            let pg = EmbeddedPostgres::start(&dir.join("postgres"))
+                .expect("start the test PostgreSQL cluster");
+            let url_base = pg.url("DBNAME");
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let admin = PgPool::connect(&url_base.replace("DBNAME", "postgres"))
+                    .await
+                    .unwrap();
+                sqlx::query(concat!("CREATE DATABASE ", "kairos_template"))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                let template = PgPool::connect(&url_base.replace("DBNAME", TEMPLATE_DB))
+                    .await
+                    .unwrap();
+                kairos::startup::migrate(&template).await.unwrap();
+                template.close().await;
+                admin.close().await;
+            });
+            // SAFETY: registering a plain extern "C" function with no captured state.
+            unsafe { libc::atexit(stop_cluster) };
+            Cluster {
+                pg: Mutex::new(Some(pg)),
+                url_base,
+            }
+        })
+        .join()
+        .expect("cluster set-up")
+    })
+}
+
+/// A fresh, migrated database of the test cluster.
+pub async fn fresh_database() -> String {
+    let cluster = cluster();
+    let name = format!("test_{}", Uuid::new_v4().simple());
+    let _guard = CREATE_DB.lock().await;
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&cluster.url_base.replace("DBNAME", "postgres"))
+        .await
+        .unwrap();
+    // The name is ours: "test_" and a UUID's hex digits.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    cluster.url_base.replace("DBNAME", &name)
+}
+
+/// The compiled component of a plugin crate under `plugins/`, built once per
+/// test run from its current source.
+pub fn plugin_wasm(crate_name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let target_dir = workspace_root().join("target/plugins");
+    BUILT.get_or_init(|| {
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--target-dir",
+            ])
+            .arg(&target_dir)
+            .args(["-p", "kairos-birthday"])
+            .status()
+            .expect("run cargo to build the plugins");
+        assert!(
+            status.success(),
+            "building the plugins failed (is the wasm32-wasip2 target installed?)"
+        );
+    });
+    target_dir
+        .join("wasm32-wasip2/release")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+/// A plugin directory holding the birthday plugin, with an optional `birthday.toml`.
+pub fn plugin_dir_with_birthday(toml: Option<&str>) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("plugins-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(plugin_wasm("kairos-birthday"), dir.join("birthday.wasm")).unwrap();
+    if let Some(toml) = toml {
+        std::fs::write(dir.join("birthday.toml"), toml).unwrap();
+    }
+    dir
+}
+
+/// One webhook request as the receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub raw: Bytes,
+    pub body: Value,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    /// Statuses to answer with, in order; 200 once empty.
+    script: Mutex<VecDeque<u16>>,
+    arrived: Notify,
+}
+
+/// A real HTTP webhook receiver on a loopback port.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state = Arc::new(ReceiverState::default());
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    /// Answer the next requests with these statuses, then 200.
+    pub fn respond_with(&self, statuses: &[u16]) {
+        self.state.script.lock().unwrap().extend(statuses);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived, or fails after `limit`.
+    pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Received> {
+        tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.state.arrived.notified();
+                if self.state.received.lock().unwrap().len() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "expected {n} webhook(s) within {limit:?}, got {}",
+                self.received().len()
+            )
+        });
+        self.received()
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<ReceiverState>>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> StatusCode {
+    let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
+    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    state
+        .received
+        .lock()
+        .unwrap()
+        .push(Received { headers, raw, body });
+    state.arrived.notify_waiters();
+    StatusCode::from_u16(status).unwrap()
+}
+
+/// The app under test, its database and its receiver.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
+    pub receiver: Receiver,
+    pub database_url: String,
+    pub settings: Settings,
+    pub deliverer: Arc<Deliverer>,
+    claimer: Claimer,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Test settings: loopback port 0, the receiver as webhook, a signing secret,
+/// fast retries, and the background claimer off (tests step it).
+pub fn test_settings(database_url: &str, receiver: &Receiver) -> Settings {
+    let mut settings = Settings::from_args(["kairos-test"]).unwrap();
+    settings.database_url = Some(database_url.to_string());
+    settings.bind = "127.0.0.1:0".parse().unwrap();
+    settings.data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("data");
+    settings.plugin_dir = plugin_dir_with_birthday(None);
+    settings.webhook_url = Some(receiver.url());
+    settings.webhook_secret = Some(SECRET.to_string());
+    settings.retry_base = Duration::from_millis(10);
+    settings.retry_max = Duration::from_millis(50);
+    settings.http_timeout = Duration::from_secs(2);
+    settings.lease = Duration::from_secs(30);
+    settings.max_attempts = 3;
+    settings.claimer = false;
+    settings.db_max_connections = 5;
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let receiver = Receiver::start().await;
+    let database_url = fresh_database().await;
+    let mut settings = test_settings(&database_url, &receiver);
+    configure(&mut settings);
+    spawn_app_on(settings, receiver).await
+}
+
+/// Starts an app with exactly these settings (a second replica, a restart).
+pub async fn spawn_app_on(settings: Settings, receiver: Receiver) -> TestApp {
+    let database_url = settings.database_url.clone().unwrap();
+    let app = Application::build(settings.clone())
+        .await
+        .expect("build the app");
+    let base = format!("http://{}", app.local_addr());
+    let pool = app.state().pool.clone();
+    let claimer = app.claimer();
+    let deliverer = app.deliverer();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base,
+        http: reqwest::Client::new(),
+        pool,
+        receiver,
+        database_url,
+        settings,
+        deliverer,
+        claimer,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .put(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.http.delete(self.url(path)).send().await.unwrap()
+    }
+
+    /// Creates a user and returns its JSON; panics unless 201.
+    pub async fn create_user(&self, body: &Value) -> Value {
+        let response = self.post_json("/users", body).await;
+        let status = response.status();
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(status, 201, "{json}");
+        json
+    }
+
+    pub async fn events_of(&self, user_id: &str) -> Vec<Value> {
+        let response = self.get(&format!("/users/{user_id}/events")).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Makes an event due now, as if its time had come.
+    pub async fn make_due(&self, event_id: &str) {
+        let id = Uuid::parse_str(event_id).unwrap();
+        let updated = sqlx::query(
+            "UPDATE events SET due_at = now() - interval '1 second', run_at = now() - interval '1 second' WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .unwrap()
+        .rows_affected();
+        assert_eq!(updated, 1);
+    }
+
+    /// Makes an event runnable now (a retry's backoff has passed).
+    pub async fn make_runnable(&self, event_id: &str) {
+        sqlx::query("UPDATE events SET run_at = now() - interval '1 millisecond' WHERE id = $1")
+            .bind(Uuid::parse_str(event_id).unwrap())
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// One claimer step: claim due events, deliver, record. Returns the count claimed.
+    pub async fn run_claimer_once(&self) -> usize {
+        self.claimer.run_once().await.expect("claimer step")
+    }
+
+    pub async fn event(&self, event_id: &str) -> Value {
+        let all: Vec<Value> = self.get("/events?limit=1000").await.json().await.unwrap();
+        all.into_iter()
+            .find(|e| e["id"] == event_id)
+            .unwrap_or_else(|| panic!("event {event_id} not listed"))
+    }
+
+    /// Stops the app as SIGTERM would and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn ada() -> Value {
+    serde_json::json!({
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "timezone": "Europe/London",
+        "dates": {"birthday": "1815-12-10", "anniversary": "1835-07-08"},
+        "attributes": {"email": "ada@example.com"}
+    })
+}
