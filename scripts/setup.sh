@@ -31,7 +31,12 @@ fi
 
 say "building the bundled plugins (wasm32-wasip2)"
 cargo build --release --target wasm32-wasip2 --target-dir target/plugins \
-    -p kairos-birthday
+    -p kairos-birthday -p kairos-anniversary
 mkdir -p dist/plugins
-cp target/plugins/wasm32-wasip2/release/kairos_birthday.wasm dist/plugins/birthday.wasm
+for type in birthday anniversary; do
+    # Copy, then rename into place: a running host watching dist/plugins never
+    # sees half a file.
+    cp "target/plugins/wasm32-wasip2/release/kairos_${type}.wasm" "dist/plugins/.${type}.wasm.tmp"
+    mv "dist/plugins/.${type}.wasm.tmp" "dist/plugins/${type}.wasm"
+done
 say "plugins ready in dist/plugins: $(ls dist/plugins | tr '\n' ' ')"

@@ -1,6 +1,6 @@
 //! The WIT glue: records in, calendar logic, records out.
 
-use crate::calendar::{self, Date, DateTime, Settings};
+use kairos_calendar::{self as calendar, Date, DateTime, Settings};
 
 wit_bindgen::generate!({
     world: "event-plugin",

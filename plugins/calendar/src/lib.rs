@@ -1,5 +1,5 @@
-//! Calendar arithmetic for yearly events, free of any WIT type so it can be
-//! unit-tested on the host target.
+//! Calendar arithmetic for yearly event types (birthday, anniversary), free
+//! of any WIT type so it is unit-tested on the host target.
 
 /// A proleptic Gregorian date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
