@@ -25,6 +25,51 @@ pub struct Cli {
 pub enum Command {
     /// Run the REST API, the claimer and the delivery loop.
     Serve(Box<Settings>),
+    /// Tools for plugin authors.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a component as the host would, run the self-check subjects (and
+    /// any given subject), and print each result with fuel, memory and time.
+    /// Exits non-zero on any failure.
+    Check {
+        /// The component (`NAME.wasm`).
+        file: PathBuf,
+        /// Config for the type, as KEY=VALUE; repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// A subject as JSON, in the shape of `POST /users` (plus an optional
+        /// "after": "YYYY-MM-DDTHH:MM:SS" local time; default: now); repeatable.
+        #[arg(long = "subject", value_name = "FILE.json")]
+        subjects: Vec<PathBuf>,
+        /// Wall-clock time one call may take.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        deadline: Duration,
+        /// Fuel one call may burn.
+        #[arg(long, default_value_t = 50_000_000)]
+        fuel: u64,
+        /// Linear memory one instance may use, in MiB.
+        #[arg(long, default_value_t = 32)]
+        memory_mib: usize,
+    },
+    /// Create a plugin crate that builds and passes `kairos plugin check` as it is.
+    New {
+        /// The event type's name (a-z, 0-9, '-', '_').
+        name: String,
+        /// Where to create it; default: ./NAME.
+        #[arg(long)]
+        path: Option<PathBuf>,
+    },
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,6 +149,15 @@ pub struct Settings {
     /// Run the claimer and delivery loop (off: API only).
     #[arg(long, env = "KAIROS_CLAIMER", default_value_t = true, action = clap::ArgAction::Set)]
     pub claimer: bool,
+    /// Watch the plugin directory and load, replace or unload types as files change.
+    #[arg(long, env = "KAIROS_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch: bool,
+    /// Quiet time after the last change in the plugin directory before it is read.
+    #[arg(long, env = "KAIROS_WATCH_DEBOUNCE", default_value = "300ms", value_parser = parse_duration)]
+    pub watch_debounce: Duration,
+    /// Users per transaction when a loaded type is scheduled for everyone.
+    #[arg(long, env = "KAIROS_SCHEDULE_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub schedule_batch: u32,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

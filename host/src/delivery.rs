@@ -9,7 +9,7 @@ use crate::scheduler::{self, PlannedEvent};
 use crate::store::{self, User, format_local};
 use crate::{metrics, signing};
 use chrono::{DateTime, Utc};
-use rand::Rng;
+use rand::{Rng, RngExt};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -4,16 +4,19 @@
 //! A request arrives in `http`, is stored by `store`, and `scheduler` asks
 //! each `plugin` for the next occurrence and writes it as a pending event.
 //! The `claimer` takes due events and `delivery` sends them as signed
-//! (`signing`) webhooks. `startup` wires it all; `embedded_pg` is the default
-//! database.
+//! (`signing`) webhooks. `event_types` loads, replaces and unloads types in
+//! a running host; `plugin_kit` is `kairos plugin check|new`. `startup` wires
+//! it all; `embedded_pg` is the default database.
 
 pub mod claimer;
 pub mod config;
 pub mod delivery;
 pub mod embedded_pg;
+pub mod event_types;
 pub mod http;
 pub mod metrics;
 pub mod plugin;
+pub mod plugin_kit;
 pub mod scheduler;
 pub mod signing;
 pub mod startup;

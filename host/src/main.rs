@@ -1,17 +1,58 @@
 //! The `kairos` binary: parse the command, then telemetry → build → run → wait.
 
 use clap::Parser;
-use kairos::config::{Cli, Command};
+use kairos::config::{Cli, Command, PluginCommand};
+use kairos::plugin::PluginLimits;
 use kairos::startup::{Application, shutdown_signal};
+use std::process::ExitCode;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(settings) => {
             kairos::telemetry::init(settings.log_format);
             let app = Application::build(*settings).await?;
-            app.run_until_stopped(shutdown_signal()).await
+            app.run_until_stopped(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(PluginCommand::Check {
+            file,
+            config,
+            subjects,
+            deadline,
+            fuel,
+            memory_mib,
+        }) => {
+            kairos::telemetry::init(kairos::config::LogFormat::Text);
+            let limits = PluginLimits {
+                deadline,
+                fuel,
+                memory: memory_mib << 20,
+            };
+            let outcome = tokio::task::spawn_blocking(move || {
+                kairos::plugin_kit::check(&file, config.into_iter().collect(), &subjects, limits)
+            })
+            .await??;
+            print!("{}", outcome.report);
+            Ok(if outcome.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Plugin(PluginCommand::New { name, path }) => {
+            let dir = path.unwrap_or_else(|| name.clone().into());
+            let files = kairos::plugin_kit::new_plugin(&name, &dir)?;
+            for file in &files {
+                println!("created {}", file.display());
+            }
+            println!(
+                "\nnext:\n  cd {}\n  cargo test\n  cargo build --release --target wasm32-wasip2\n  kairos plugin check target/wasm32-wasip2/release/kairos_plugin_{}.wasm",
+                dir.display(),
+                name.replace('-', "_")
+            );
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -32,7 +32,11 @@ pub fn plugin_failure(event_type: &str) {
 }
 
 /// The counters plus gauges read at scrape time.
-pub fn render(loaded_types: &[String], pending_events: i64) -> String {
+pub fn render<'a>(
+    loaded: impl IntoIterator<Item = &'a crate::plugin::LoadedPlugin>,
+    pending_events: i64,
+) -> String {
+    let loaded: Vec<_> = loaded.into_iter().collect();
     let mut out = String::new();
     let counters = [
         (
@@ -73,8 +77,44 @@ pub fn render(loaded_types: &[String], pending_events: i64) -> String {
         out,
         "# HELP kairos_event_types_loaded Event types loaded.\n# TYPE kairos_event_types_loaded gauge"
     );
-    for name in loaded_types {
-        let _ = writeln!(out, "kairos_event_types_loaded{{event_type=\"{name}\"}} 1");
+    for plugin in &loaded {
+        let _ = writeln!(
+            out,
+            "kairos_event_types_loaded{{event_type=\"{}\"}} 1",
+            plugin.name()
+        );
+    }
+    type Read = fn(&crate::plugin::PluginHealth) -> u64;
+    let per_type: [(&str, &str, &str, Read); 3] = [
+        (
+            "kairos_plugin_calls_total",
+            "counter",
+            "Calls made to the loaded version of a type.",
+            |h| h.calls.load(Ordering::Relaxed),
+        ),
+        (
+            "kairos_plugin_call_failures_total",
+            "counter",
+            "Calls to the loaded version of a type that failed.",
+            |h| h.failures.load(Ordering::Relaxed),
+        ),
+        (
+            "kairos_plugin_failing",
+            "gauge",
+            "1 when at least 3 of a type's latest 16 calls, and at least half, failed.",
+            |h| u64::from(h.failing()),
+        ),
+    ];
+    for (name, kind, help, read) in per_type {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for plugin in &loaded {
+            let _ = writeln!(
+                out,
+                "{name}{{event_type=\"{}\"}} {}",
+                plugin.name(),
+                read(&plugin.health)
+            );
+        }
     }
     let _ = writeln!(
         out,

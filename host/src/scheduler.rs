@@ -5,7 +5,8 @@ use crate::plugin::{LoadedPlugin, PluginError, Subject};
 use crate::store;
 use chrono::{DateTime, Duration, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// An occurrence ready to be written as a pending event.
@@ -108,6 +109,84 @@ pub async fn reschedule_user(
     store::cancel_unplanned_pending(conn, user_id, plans).await?;
     store::insert_planned(conn, plans).await?;
     Ok(())
+}
+
+/// Brings one type's schedule in line for every user who has its dates: the
+/// next occurrence is planned, and pending, not-yet-due events the type no
+/// longer plans are cancelled. Walks users by id in batches of `batch`,
+/// logging progress; each batch is one transaction with its users locked, so
+/// concurrent user updates and other replicas doing the same pass are safe
+/// (the unique key makes the inserts idempotent). Skipped when a complete
+/// pass was already made with this component and config. Returns the number
+/// of events written.
+pub async fn schedule_type(
+    pool: &PgPool,
+    plugin: Arc<LoadedPlugin>,
+    batch: usize,
+) -> anyhow::Result<u64> {
+    let name = plugin.name().to_string();
+    let config = serde_json::to_value(&plugin.config)?;
+    if store::pass_done(pool, &name, &plugin.sha256, &config).await? {
+        tracing::info!(event_type = %name, "schedule already made with this component and config");
+        return Ok(0);
+    }
+    let dates = plugin.info.dates.clone();
+    let total = store::count_users_with_dates(pool, &dates).await?;
+    tracing::info!(event_type = %name, users = total, "scheduling event type");
+    let started = std::time::Instant::now();
+    let (mut after, mut seen, mut written, mut failed) = (None, 0i64, 0u64, 0u64);
+    loop {
+        let ids = store::user_ids_with_dates(pool, &dates, after, batch as i64).await?;
+        let Some(last) = ids.last().copied() else {
+            break;
+        };
+        let mut tx = pool.begin().await?;
+        let users = store::lock_users(&mut tx, &ids).await?;
+        let now = Utc::now();
+        let plugin_for_batch = plugin.clone();
+        let (plans, failures) = tokio::task::spawn_blocking(move || {
+            let mut failures = 0u64;
+            let mut plans = Vec::with_capacity(users.len());
+            for user in &users {
+                let subject = user.subject();
+                let Some(tz) = parse_tz(&subject.timezone) else {
+                    continue;
+                };
+                match plan_next(&plugin_for_batch, &subject, utc_to_local(now, tz)) {
+                    Ok(plan) => plans.extend(plan),
+                    Err(error) => {
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(event_type = plugin_for_batch.name(), user_id = %subject.id, %error, "event type failed to generate an occurrence");
+                        }
+                    }
+                }
+            }
+            (plans, failures)
+        })
+        .await?;
+        store::cancel_unplanned_pending_of_type(&mut tx, &name, &ids, &plans).await?;
+        written += store::insert_planned(&mut tx, &plans).await?;
+        tx.commit().await?;
+        failed += failures;
+        seen += ids.len() as i64;
+        after = Some(last);
+        tracing::info!(event_type = %name, done = seen, total, "scheduling event type: progress");
+    }
+    if failed > 0 {
+        crate::metrics::plugin_failure(&name);
+        tracing::warn!(event_type = %name, failed, "scheduling pass finished with users the type failed on; it will run again on the next load");
+    } else {
+        store::record_pass(pool, &name, &plugin.sha256, &config).await?;
+    }
+    tracing::info!(
+        event_type = %name,
+        users = seen,
+        events_written = written,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "scheduled event type"
+    );
+    Ok(written)
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@ use crate::claimer::Claimer;
 use crate::config::Settings;
 use crate::delivery::Deliverer;
 use crate::embedded_pg::EmbeddedPostgres;
+use crate::event_types::EventTypes;
 use crate::http::{self, AppState};
-use crate::plugin::{PluginRuntime, Registry};
+use crate::plugin::{PluginRuntime, Registry, watcher};
 use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -22,6 +23,8 @@ pub struct Application {
     deliverer: Arc<Deliverer>,
     /// Kept so the embedded cluster stops when the application is dropped.
     embedded: Option<EmbeddedPostgres>,
+    /// Kept so the plugin directory stays watched while the application runs.
+    watcher: Option<watcher::DirWatcher>,
 }
 
 impl Application {
@@ -49,16 +52,26 @@ impl Application {
             .context("connecting to PostgreSQL")?;
         migrate(&pool).await?;
 
-        let runtime = PluginRuntime::new(settings.plugin_limits())?;
+        let runtime = PluginRuntime::new(settings.plugin_limits())?
+            .with_cache(&settings.data_dir.join("cache"))?;
         let registry = Arc::new(Registry::new(runtime));
-        if settings.plugin_dir.is_dir() {
-            let dir = settings.plugin_dir.clone();
-            let registry = registry.clone();
-            let loaded = tokio::task::spawn_blocking(move || registry.load_dir(&dir)).await??;
-            tracing::info!(types = ?loaded, dir = %settings.plugin_dir.display(), "plugin directory loaded");
+        let event_types = Arc::new(EventTypes::new(
+            pool.clone(),
+            registry.clone(),
+            settings.plugin_dir.clone(),
+            settings.data_dir.join("plugins"),
+            settings.schedule_batch as usize,
+        ));
+        let loaded = event_types.load_all().await?;
+        tracing::info!(types = ?loaded, dir = %settings.plugin_dir.display(), "event types loaded");
+        let watcher = if settings.watch && settings.plugin_dir.is_dir() {
+            let (watcher, changes) = watcher::watch(&settings.plugin_dir, settings.watch_debounce)
+                .context("watching the plugin directory")?;
+            tokio::spawn(follow_plugin_dir(event_types.clone(), changes));
+            Some(watcher)
         } else {
-            tracing::warn!(dir = %settings.plugin_dir.display(), "plugin directory does not exist; no event types loaded");
-        }
+            None
+        };
 
         let client = reqwest::Client::builder()
             .timeout(settings.http_timeout)
@@ -75,12 +88,19 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("binding {}", settings.bind))?;
+        let admin_token = settings.admin_token.as_deref().map(Arc::from);
         Ok(Self {
-            state: AppState { pool, registry },
+            state: AppState {
+                pool,
+                registry,
+                event_types,
+                admin_token,
+            },
             deliverer,
             listener,
             settings,
             embedded,
+            watcher,
         })
     }
 
@@ -129,6 +149,8 @@ impl Application {
 
         shutdown.await;
         tracing::info!("shutting down");
+        self.watcher.take();
+        self.state.event_types.abort_passes();
         let _ = stop_tx.send(true);
         if let Some(claimer) = claimer {
             claimer.await?.context("claimer")?;
@@ -140,6 +162,18 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Applies each debounced change of the plugin directory, one at a time.
+async fn follow_plugin_dir(
+    event_types: Arc<EventTypes>,
+    mut changes: tokio::sync::mpsc::Receiver<std::collections::BTreeSet<String>>,
+) {
+    while let Some(names) = changes.recv().await {
+        for name in names {
+            event_types.sync_from_dir(&name).await;
+        }
     }
 }
 

@@ -305,3 +305,115 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
     .await?
     .rows_affected())
 }
+
+/// Ids of the next `limit` users after `after` (by id) who have every one of
+/// `dates`: the batches a type's scheduling pass walks.
+pub async fn user_ids_with_dates(
+    pool: &PgPool,
+    dates: &[String],
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar(
+        "SELECT id FROM users WHERE dates ?& $1::text[] AND ($2::uuid IS NULL OR id > $2) \
+         ORDER BY id LIMIT $3",
+    )
+    .bind(dates)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn count_users_with_dates(pool: &PgPool, dates: &[String]) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM users WHERE dates ?& $1::text[]")
+        .bind(dates)
+        .fetch_one(pool)
+        .await
+}
+
+/// Cancels the pending, not-yet-due events of `event_type` for `user_ids` that
+/// no plan keeps as they are.
+pub async fn cancel_unplanned_pending_of_type(
+    conn: &mut PgConnection,
+    event_type: &str,
+    user_ids: &[Uuid],
+    plans: &[PlannedEvent],
+) -> sqlx::Result<u64> {
+    let users: Vec<Uuid> = plans.iter().map(|p| p.user_id).collect();
+    let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
+    let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
+    Ok(sqlx::query(
+        "UPDATE events e SET status = 'cancelled', updated_at = now() \
+         WHERE e.event_type = $1 AND e.user_id = ANY($2) AND e.status = 'pending' \
+           AND e.due_at > now() \
+           AND NOT EXISTS (SELECT 1 FROM unnest($3::uuid[], $4::timestamp[], $5::timestamptz[]) \
+                           AS p(user_id, occurrence, due_at) \
+                           WHERE p.user_id = e.user_id AND p.occurrence = e.occurrence \
+                             AND p.due_at = e.due_at)",
+    )
+    .bind(event_type)
+    .bind(user_ids)
+    .bind(&users)
+    .bind(&occurrences)
+    .bind(&due)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Cancels every pending event of a type that was unloaded.
+pub async fn cancel_pending_of_type(pool: &PgPool, event_type: &str) -> sqlx::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let cancelled = sqlx::query(
+        "UPDATE events SET status = 'cancelled', updated_at = now() \
+         WHERE event_type = $1 AND status = 'pending'",
+    )
+    .bind(event_type)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("DELETE FROM event_type_passes WHERE event_type = $1")
+        .bind(event_type)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(cancelled)
+}
+
+/// Whether a complete scheduling pass was made with this component and config.
+pub async fn pass_done(
+    pool: &PgPool,
+    event_type: &str,
+    sha256: &str,
+    config: &serde_json::Value,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM event_type_passes \
+         WHERE event_type = $1 AND sha256 = $2 AND config = $3)",
+    )
+    .bind(event_type)
+    .bind(sha256)
+    .bind(Json(config))
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn record_pass(
+    pool: &PgPool,
+    event_type: &str,
+    sha256: &str,
+    config: &serde_json::Value,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO event_type_passes (event_type, sha256, config) VALUES ($1, $2, $3) \
+         ON CONFLICT (event_type) DO UPDATE \
+         SET sha256 = EXCLUDED.sha256, config = EXCLUDED.config, completed_at = now()",
+    )
+    .bind(event_type)
+    .bind(sha256)
+    .bind(Json(config))
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -10,6 +10,8 @@ use kairos::claimer::Claimer;
 use kairos::config::Settings;
 use kairos::delivery::Deliverer;
 use kairos::embedded_pg::EmbeddedPostgres;
+use kairos::event_types::EventTypes;
+use kairos::plugin::Registry;
 use kairos::startup::Application;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -24,6 +26,7 @@ use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 const TEMPLATE_DB: &str = "kairos_template";
 
 fn workspace_root() -> PathBuf {
@@ -130,7 +133,8 @@ pub fn plugin_wasm(crate_name: &str) -> PathBuf {
                 "--target-dir",
             ])
             .arg(&target_dir)
-            .args(["-p", "kairos-birthday"])
+            .args(["-p", "kairos-birthday", "-p", "kairos-anniversary"])
+            .args(["-p", "kairos-misbehave", "-p", "kairos-compat-v0-1-0"])
             .status()
             .expect("run cargo to build the plugins");
         assert!(
@@ -141,6 +145,28 @@ pub fn plugin_wasm(crate_name: &str) -> PathBuf {
     target_dir
         .join("wasm32-wasip2/release")
         .join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+/// The bytes of a built plugin crate's component.
+pub fn plugin_bytes(crate_name: &str) -> Vec<u8> {
+    std::fs::read(plugin_wasm(crate_name)).unwrap()
+}
+
+/// Waits until `check` holds, polling; fails the test after `limit`. For
+/// what happens on its own time (file-system events), not for the clock.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A plugin directory holding the birthday plugin, with an optional `birthday.toml`.
@@ -259,6 +285,8 @@ pub struct TestApp {
     pub database_url: String,
     pub settings: Settings,
     pub deliverer: Arc<Deliverer>,
+    pub registry: Arc<Registry>,
+    pub event_types: Arc<EventTypes>,
     claimer: Claimer,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -270,7 +298,8 @@ pub fn test_settings(database_url: &str, receiver: &Receiver) -> Settings {
     let mut settings = Settings::from_args(["kairos-test"]).unwrap();
     settings.database_url = Some(database_url.to_string());
     settings.bind = "127.0.0.1:0".parse().unwrap();
-    settings.data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("data");
+    settings.data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("data-{}", Uuid::new_v4().simple()));
     settings.plugin_dir = plugin_dir_with_birthday(None);
     settings.webhook_url = Some(receiver.url());
     settings.webhook_secret = Some(SECRET.to_string());
@@ -281,6 +310,8 @@ pub fn test_settings(database_url: &str, receiver: &Receiver) -> Settings {
     settings.max_attempts = 3;
     settings.claimer = false;
     settings.db_max_connections = 5;
+    settings.admin_token = Some(ADMIN_TOKEN.to_string());
+    settings.watch_debounce = Duration::from_millis(50);
     settings
 }
 
@@ -306,6 +337,8 @@ pub async fn spawn_app_on(settings: Settings, receiver: Receiver) -> TestApp {
     let pool = app.state().pool.clone();
     let claimer = app.claimer();
     let deliverer = app.deliverer();
+    let registry = app.state().registry.clone();
+    let event_types = app.state().event_types.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
@@ -318,6 +351,8 @@ pub async fn spawn_app_on(settings: Settings, receiver: Receiver) -> TestApp {
         database_url,
         settings,
         deliverer,
+        registry,
+        event_types,
         claimer,
         shutdown: Some(tx),
         task: Some(task),
@@ -353,6 +388,25 @@ impl TestApp {
 
     pub async fn delete(&self, path: &str) -> reqwest::Response {
         self.http.delete(self.url(path)).send().await.unwrap()
+    }
+
+    /// `PUT /event-types/{name}` with the admin token and `query` (e.g. `?config.send_at=10:00`).
+    pub async fn put_type(&self, name: &str, query: &str, bytes: Vec<u8>) -> reqwest::Response {
+        self.http
+            .put(self.url(&format!("/event-types/{name}{query}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The loaded types as `GET /event-types` lists them.
+    pub async fn event_types(&self) -> Vec<Value> {
+        let response = self.get("/event-types").await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
     }
 
     /// Creates a user and returns its JSON; panics unless 201.

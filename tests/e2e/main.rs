@@ -1,7 +1,11 @@
-//! End-to-end tests: a real PostgreSQL cluster, the real birthday component,
-//! a real webhook receiver on loopback, and the app on port 0.
+//! End-to-end tests: a real PostgreSQL cluster, the real plugin components
+//! (and deliberately misbehaving ones), a real webhook receiver on loopback,
+//! and the app on port 0.
 
 mod api;
 mod delivery;
+mod event_types;
 mod helpers;
+mod kit;
+mod limits;
 mod scheduling;

@@ -3,7 +3,9 @@
 
 use crate::helpers::{ada, plugin_dir_with_birthday, plugin_wasm, spawn_app_with};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Utc, Weekday};
-use kairos::plugin::{LoadedPlugin, PluginConfig, PluginLimits, PluginRuntime, Subject};
+use kairos::plugin::{
+    LoadedPlugin, PluginConfig, PluginLimits, PluginRuntime, PluginSource, Subject,
+};
 use kairos::scheduler::plan_next;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -15,7 +17,14 @@ fn birthday(config: &[(&str, &str)]) -> LoadedPlugin {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    LoadedPlugin::load(&runtime, &bytes, config, None).unwrap()
+    LoadedPlugin::load(
+        &runtime,
+        &bytes,
+        config,
+        None,
+        PluginSource::File("birthday.wasm".into()),
+    )
+    .unwrap()
 }
 
 fn subject(timezone: &str, born: &str) -> Subject {

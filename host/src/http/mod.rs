@@ -1,12 +1,14 @@
 //! The REST API: one router per resource, sharing `AppState`.
 
 mod error;
+pub mod event_types;
 mod events;
 mod json;
 mod users;
 
 pub use error::ApiError;
 
+use crate::event_types::EventTypes;
 use crate::plugin::{Registry, Subject};
 use crate::scheduler::{self, PlannedEvent};
 use axum::extract::{DefaultBodyLimit, State};
@@ -26,6 +28,9 @@ use tower_http::trace::TraceLayer;
 pub struct AppState {
     pub pool: PgPool,
     pub registry: Arc<Registry>,
+    pub event_types: Arc<EventTypes>,
+    /// `KAIROS_ADMIN_TOKEN`; without it the admin API answers 401.
+    pub admin_token: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -46,6 +51,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(users::router())
         .merge(events::router())
+        .merge(event_types::router())
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -82,10 +88,10 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE status = 'pending'")
         .fetch_one(&state.pool)
         .await?;
-    let types: Vec<String> = state.registry.snapshot().keys().cloned().collect();
+    let snapshot = state.registry.snapshot();
     Ok((
         [("content-type", "text/plain; version=0.0.4")],
-        crate::metrics::render(&types, pending),
+        crate::metrics::render(snapshot.values().map(|p| p.as_ref()), pending),
     ))
 }
 

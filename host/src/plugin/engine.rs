@@ -3,9 +3,13 @@
 //! cap, captured stderr and no capabilities.
 
 use super::bindings::{EventPlugin, Level};
-use std::sync::Arc;
-use std::time::Duration;
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use rand::SeedableRng;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
@@ -15,9 +19,11 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Bytes of a plugin's stderr (a panic message) kept for the error.
 const STDERR_CAPACITY: usize = 4096;
 /// Bytes of one log line a plugin may emit; the rest is cut.
-const MAX_LOG_LINE: usize = 1024;
+pub const MAX_LOG_LINE: usize = 1024;
 /// Log lines one call may emit; the rest are dropped.
-const MAX_LOG_LINES_PER_CALL: u32 = 16;
+pub const MAX_LOG_LINES_PER_CALL: u32 = 16;
+/// Log lines one event type may emit per second, across all its calls.
+const MAX_LOG_LINES_PER_SECOND: u32 = 50;
 
 /// The limits every plugin call runs under.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +53,16 @@ pub struct PluginRuntime {
     pub(super) engine: Engine,
     pub(super) linker: Arc<Linker<CallState>>,
     pub(super) limits: PluginLimits,
+    /// Compiled components (`.cwasm`) by sha256 and engine compatibility hash,
+    /// so a restart or a re-load of a known component does not compile again.
+    cache_dir: Option<PathBuf>,
+}
+
+/// Where a component's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compiled {
+    Fresh,
+    FromCache,
 }
 
 impl PluginRuntime {
@@ -76,21 +92,73 @@ impl PluginRuntime {
             engine,
             linker: Arc::new(linker),
             limits,
+            cache_dir: None,
         })
+    }
+
+    /// Keeps compiled components in `dir` (created if missing).
+    pub fn with_cache(mut self, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating the plugin cache {}: {e}", dir.display()))?;
+        self.cache_dir = Some(dir.to_path_buf());
+        Ok(self)
     }
 
     pub fn limits(&self) -> PluginLimits {
         self.limits
     }
 
+    /// The cache file for a component: its sha256 plus a hash of everything in
+    /// this engine's configuration that compiled code depends on (a `.cwasm`
+    /// made without fuel is refused by an engine with fuel, and so on).
+    pub fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let dir = self.cache_dir.as_ref()?;
+        Some(dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish())))
+    }
+
+    /// Compiles `bytes`, or reads the machine code compiled earlier.
+    pub fn compile(&self, bytes: &[u8], sha256: &str) -> anyhow::Result<(Component, Compiled)> {
+        let cached = self.cache_path(sha256);
+        if let Some(path) = cached.as_deref().filter(|p| p.exists()) {
+            // SAFETY: the cache directory is the host's own; files in it are
+            // written by `Component::serialize` below under their content hash.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(component) => return Ok((component, Compiled::FromCache)),
+                Err(error) => tracing::warn!(
+                    path = %path.display(), %error, "unusable compiled component in the cache; compiling again"
+                ),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e}"))?;
+        if let Some(path) = cached
+            && let Err(error) = write_atomically(&path, &component.serialize()?)
+        {
+            tracing::warn!(path = %path.display(), %error, "could not cache the compiled component");
+        }
+        Ok((component, Compiled::Fresh))
+    }
+
     /// A store for one call, with every limit armed.
-    pub(super) fn new_store(&self, plugin_name: &str) -> Store<CallState> {
+    pub(super) fn new_store(&self, log: &Arc<PluginLog>) -> Store<CallState> {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        // No preopened directories, environment, arguments or sockets; clocks
+        // read zero and both random sources are fixed-seed: a plugin is a pure
+        // function of its inputs.
         let wasi = WasiCtx::builder()
             .stderr(stderr.clone())
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
+            .secure_random(rand::rngs::StdRng::seed_from_u64(0))
+            .insecure_random(rand::rngs::StdRng::seed_from_u64(0))
             .insecure_random_seed(0)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
             .build();
         let state = CallState {
             wasi,
@@ -98,7 +166,8 @@ impl PluginRuntime {
             stderr,
             memory_limit: self.limits.memory,
             memory_exceeded: false,
-            plugin_name: plugin_name.to_string(),
+            peak_memory: 0,
+            log: log.clone(),
             log_lines: 0,
         };
         let mut store = Store::new(&self.engine, state);
@@ -127,8 +196,62 @@ pub struct CallState {
     /// Set when the guest asked for more memory than allowed, so the error can
     /// say `memory` rather than a bare trap.
     pub(super) memory_exceeded: bool,
-    plugin_name: String,
+    /// The largest linear memory the call grew to, in bytes.
+    pub(super) peak_memory: usize,
+    log: Arc<PluginLog>,
     log_lines: u32,
+}
+
+/// Who a plugin's log lines are attributed to, and the per-second budget all
+/// calls of that type share.
+#[derive(Debug)]
+pub struct PluginLog {
+    name: String,
+    version: String,
+    /// (start of the current one-second window, lines logged in it, lines dropped)
+    window: Mutex<(Instant, u32, u64)>,
+    /// Lines written to the host's log, and lines dropped by either cap.
+    pub logged: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl PluginLog {
+    pub fn new(name: &str, version: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            version: version.to_string(),
+            window: Mutex::new((Instant::now(), 0, 0)),
+            logged: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more line fits in this second's budget. When a new window
+    /// opens, the lines dropped in the previous ones are reported once.
+    fn admit(&self) -> bool {
+        let mut window = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let (started, used, dropped) = &mut *window;
+        if started.elapsed() >= Duration::from_secs(1) {
+            if *dropped > 0 {
+                tracing::warn!(
+                    event_type = %self.name,
+                    version = %self.version,
+                    dropped = *dropped,
+                    "plugin log lines dropped (over {MAX_LOG_LINES_PER_SECOND}/s)"
+                );
+            }
+            *started = Instant::now();
+            *used = 0;
+            *dropped = 0;
+        }
+        if *used < MAX_LOG_LINES_PER_SECOND {
+            *used += 1;
+            true
+        } else {
+            *dropped += 1;
+            false
+        }
+    }
 }
 
 impl WasiView for CallState {
@@ -151,6 +274,7 @@ impl ResourceLimiter for CallState {
             self.memory_exceeded = true;
             return Err(wasmtime::Error::msg("memory limit exceeded"));
         }
+        self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }
 
@@ -169,9 +293,11 @@ impl super::bindings::kairos::plugin::types::Host for CallState {}
 impl super::bindings::kairos::plugin::log::Host for CallState {
     fn log(&mut self, level: Level, message: String) {
         self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES_PER_CALL {
+        if self.log_lines > MAX_LOG_LINES_PER_CALL || !self.log.admit() {
+            self.log.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        self.log.logged.fetch_add(1, Ordering::Relaxed);
         let mut message = message;
         if message.len() > MAX_LOG_LINE {
             let mut cut = MAX_LOG_LINE;
@@ -181,13 +307,24 @@ impl super::bindings::kairos::plugin::log::Host for CallState {
             message.truncate(cut);
             message.push('…');
         }
-        let plugin = self.plugin_name.as_str();
+        let event_type = self.log.name.as_str();
+        let version = self.log.version.as_str();
         match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
-            Level::Error => tracing::error!(plugin, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "kairos::plugin_log", event_type, version, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "kairos::plugin_log", event_type, version, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "kairos::plugin_log", event_type, version, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "kairos::plugin_log", event_type, version, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "kairos::plugin_log", event_type, version, "{message}")
+            }
         }
     }
 }
@@ -211,4 +348,14 @@ impl HostMonotonicClock for FrozenClock {
     fn now(&self) -> u64 {
         0
     }
+}
+
+/// Writes `path` through a temporary file and a rename, so a reader never sees
+/// half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }

@@ -2,13 +2,21 @@
 //! the operator's settings for it. Every call gets a fresh sandboxed `Store`.
 
 use super::bindings::{self, EventPlugin, EventPluginPre};
-use super::engine::{CallState, PluginRuntime};
+use super::engine::{CallState, Compiled, PluginLog, PluginRuntime};
 use super::{PluginError, Subject};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike, Utc};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use wasmtime::component::Component;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap};
+
+/// Longest message text a plugin may return.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Failures among its latest calls after which a type is reported as failing.
+pub const FAILING_AFTER: u64 = 3;
 
 /// The operator's key/value settings for one event type.
 pub type PluginConfig = BTreeMap<String, String>;
@@ -22,6 +30,77 @@ pub struct PluginInfo {
     pub dates: Vec<String>,
 }
 
+/// Where a loaded type came from; it decides who may replace or unload it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "path", rename_all = "snake_case")]
+pub enum PluginSource {
+    /// A `NAME.wasm` in the watched plugin directory.
+    Directory(PathBuf),
+    /// Uploaded through the admin API (kept under the data directory).
+    Upload(PathBuf),
+    /// Loaded by a tool (`kairos plugin check`), not by a running host.
+    File(PathBuf),
+}
+
+/// Counters of one loaded type's calls, for `GET /event-types` and metrics.
+#[derive(Debug, Default)]
+pub struct PluginHealth {
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
+    pub consecutive_failures: AtomicU64,
+    /// The outcomes of the last `RECENT` calls: bit i set = the i-th latest
+    /// failed; the count of calls recorded sits above bit 16.
+    recent: AtomicU32,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// How many of the latest calls `failing` looks at.
+const RECENT: u32 = 16;
+
+impl PluginHealth {
+    fn record(&self, result: Result<(), &PluginError>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let failed = result.is_err();
+        let _ = self
+            .recent
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+                let count = (packed >> 16).saturating_add(1).min(RECENT);
+                let bits = ((packed & 0xffff) << 1 | u32::from(failed)) & 0xffff;
+                Some(count << 16 | bits)
+            });
+        match result {
+            Ok(()) => self.consecutive_failures.store(0, Ordering::Relaxed),
+            Err(error) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(error.to_string());
+            }
+        }
+    }
+
+    /// Failures among the latest calls (at most 16) and how many calls that is.
+    pub fn recent_failures(&self) -> (u32, u32) {
+        let packed = self.recent.load(Ordering::Relaxed);
+        ((packed & 0xffff).count_ones(), packed >> 16)
+    }
+
+    /// Whether the type keeps failing: at least `FAILING_AFTER` of its latest
+    /// calls failed, and at least half of them.
+    pub fn failing(&self) -> bool {
+        let (failed, calls) = self.recent_failures();
+        u64::from(failed) >= FAILING_AFTER && failed * 2 >= calls
+    }
+}
+
+/// What one call cost, for `kairos plugin check`.
+#[derive(Debug, Clone, Copy)]
+pub struct CallReport {
+    pub fuel_used: u64,
+    pub peak_memory: usize,
+    pub elapsed: Duration,
+}
+
 pub struct LoadedPlugin {
     pub info: PluginInfo,
     pub sha256: String,
@@ -29,8 +108,13 @@ pub struct LoadedPlugin {
     /// Where this type's webhooks go; `None` means the host's default URL.
     pub webhook_url: Option<String>,
     pub loaded_at: DateTime<Utc>,
+    pub source: PluginSource,
+    /// Whether the machine code came from the compiled-component cache.
+    pub compiled: Compiled,
+    pub health: PluginHealth,
     runtime: PluginRuntime,
     pre: EventPluginPre<CallState>,
+    log: Arc<PluginLog>,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -43,15 +127,17 @@ impl std::fmt::Debug for LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// Compiles and links `bytes`, then asks the component to describe itself.
+    /// Compiles (or reads from the cache) and links `bytes`, then asks the
+    /// component to describe itself.
     pub fn load(
         runtime: &PluginRuntime,
         bytes: &[u8],
         config: PluginConfig,
         webhook_url: Option<String>,
+        source: PluginSource,
     ) -> anyhow::Result<Self> {
-        let component = Component::new(&runtime.engine, bytes)
-            .map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e}"))?;
+        let sha256 = hex(&Sha256::digest(bytes));
+        let (component, compiled) = runtime.compile(bytes, &sha256)?;
         let instance_pre = runtime
             .linker
             .instantiate_pre(&component)
@@ -66,16 +152,26 @@ impl LoadedPlugin {
                 description: String::new(),
                 dates: Vec::new(),
             },
-            sha256: hex(&Sha256::digest(bytes)),
+            sha256,
             config,
             webhook_url,
             loaded_at: Utc::now(),
+            source,
+            compiled,
+            health: PluginHealth::default(),
             runtime: runtime.clone(),
             pre,
+            log: Arc::new(PluginLog::new("(loading)", "")),
         };
-        let info = plugin
-            .call(|store, p| p.kairos_plugin_event_handler().call_describe(store))
-            .map_err(|e| anyhow::anyhow!("describe() failed: {e}"))?;
+        let (info, _) =
+            plugin.call(|store, p| p.kairos_plugin_event_handler().call_describe(store));
+        let info = info.map_err(|e| anyhow::anyhow!("describe() failed: {e}"))?;
+        anyhow::ensure!(
+            valid_type_name(&info.name),
+            "describe() returned the name {:?}; a type name is 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit",
+            info.name
+        );
+        plugin.log = Arc::new(PluginLog::new(&info.name, &info.version));
         plugin.info = PluginInfo {
             name: info.name,
             version: info.version,
@@ -87,6 +183,21 @@ impl LoadedPlugin {
 
     pub fn name(&self) -> &str {
         &self.info.name
+    }
+
+    /// Forgets the calls made so far (the self-check's), so health counts
+    /// only calls made in service.
+    pub fn with_fresh_health(mut self) -> Self {
+        self.health = PluginHealth::default();
+        self
+    }
+
+    /// Log lines this type wrote to the host's log, and lines the caps dropped.
+    pub fn log_counts(&self) -> (u64, u64) {
+        (
+            self.log.logged.load(Ordering::Relaxed),
+            self.log.dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// Whether `subject` has every date this type needs.
@@ -103,16 +214,34 @@ impl LoadedPlugin {
         subject: &Subject,
         after: NaiveDateTime,
     ) -> Result<Option<NaiveDateTime>, PluginError> {
+        self.next_occurrence_reported(subject, after).0
+    }
+
+    /// `next_occurrence`, with what the call cost.
+    pub fn next_occurrence_reported(
+        &self,
+        subject: &Subject,
+        after: NaiveDateTime,
+    ) -> (Result<Option<NaiveDateTime>, PluginError>, CallReport) {
         let wit_subject = to_wit_subject(subject);
         let config = self.config_list();
-        let returned = self.call(|store, p| {
+        let (returned, report) = self.call(|store, p| {
             p.kairos_plugin_event_handler().call_next_occurrence(
                 store,
                 &wit_subject,
                 to_wit_datetime(after),
                 &config,
             )
-        })?;
+        });
+        let result = returned.and_then(|r| Self::check_next(r, after));
+        self.health.record(result.as_ref().map(|_| ()));
+        (result, report)
+    }
+
+    fn check_next(
+        returned: Result<Option<bindings::LocalDatetime>, String>,
+        after: NaiveDateTime,
+    ) -> Result<Option<NaiveDateTime>, PluginError> {
         match returned.map_err(PluginError::Returned)? {
             None => Ok(None),
             Some(next) => {
@@ -133,17 +262,37 @@ impl LoadedPlugin {
         subject: &Subject,
         occurrence: NaiveDateTime,
     ) -> Result<String, PluginError> {
+        self.format_message_reported(subject, occurrence).0
+    }
+
+    /// `format_message`, with what the call cost.
+    pub fn format_message_reported(
+        &self,
+        subject: &Subject,
+        occurrence: NaiveDateTime,
+    ) -> (Result<String, PluginError>, CallReport) {
         let wit_subject = to_wit_subject(subject);
         let config = self.config_list();
-        let message = self.call(|store, p| {
+        let (returned, report) = self.call(|store, p| {
             p.kairos_plugin_event_handler().call_format_message(
                 store,
                 &wit_subject,
                 to_wit_datetime(occurrence),
                 &config,
             )
-        })?;
-        message.map(|m| m.text).map_err(PluginError::Returned)
+        });
+        let result = returned.and_then(|message| {
+            let text = message.map_err(PluginError::Returned)?.text;
+            if text.len() > MAX_MESSAGE_BYTES {
+                return Err(PluginError::Output(format!(
+                    "message text is {} bytes; the limit is {MAX_MESSAGE_BYTES}",
+                    text.len()
+                )));
+            }
+            Ok(text)
+        });
+        self.health.record(result.as_ref().map(|_| ()));
+        (result, report)
     }
 
     fn config_list(&self) -> Vec<(String, String)> {
@@ -158,13 +307,23 @@ impl LoadedPlugin {
     fn call<R>(
         &self,
         f: impl FnOnce(&mut Store<CallState>, &EventPlugin) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginError> {
-        let mut store = self.runtime.new_store(&self.info.name);
+    ) -> (Result<R, PluginError>, CallReport) {
+        let started = Instant::now();
+        let mut store = self.runtime.new_store(&self.log);
         let result = self
             .pre
             .instantiate(&mut store)
             .and_then(|plugin| f(&mut store, &plugin));
-        result.map_err(|err| classify(&store, &err))
+        let report = CallReport {
+            fuel_used: self
+                .runtime
+                .limits
+                .fuel
+                .saturating_sub(store.get_fuel().unwrap_or(0)),
+            peak_memory: store.data().peak_memory,
+            elapsed: started.elapsed(),
+        };
+        (result.map_err(|err| classify(&store, &err)), report)
     }
 }
 
@@ -176,14 +335,29 @@ fn classify(store: &Store<CallState>, err: &wasmtime::Error) -> PluginError {
     match err.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => PluginError::Fuel,
         Some(Trap::Interrupt) => PluginError::Timeout,
-        _ => {
+        trap => {
+            // The trap itself, not wasmtime's backtrace; then what the guest
+            // said on stderr (a Rust panic message), without the hint lines.
+            let what = match trap {
+                Some(trap) => trap.to_string(),
+                None => err
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
             let stderr = state.stderr.contents();
-            let stderr = String::from_utf8_lossy(&stderr);
-            let stderr = stderr.trim();
-            if stderr.is_empty() {
-                PluginError::Trap(err.to_string())
+            let said: Vec<&str> = std::str::from_utf8(&stderr)
+                .unwrap_or_default()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("note: run with"))
+                .collect();
+            if said.is_empty() {
+                PluginError::Trap(what)
             } else {
-                PluginError::Trap(format!("{err}: {stderr}"))
+                PluginError::Trap(format!("{what}; {}", said.join(" ")))
             }
         }
     }
@@ -236,6 +410,16 @@ fn from_wit_datetime(t: bindings::LocalDatetime) -> Result<NaiveDateTime, Plugin
                 t.year, t.month, t.day, t.hour, t.minute, t.second
             ))
         })
+}
+
+/// A type name: 1 to 64 of `a-z`, `0-9`, `-`, `_`, starting with a letter or digit.
+/// It names files and URL paths, so nothing else is allowed.
+pub fn valid_type_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with(['-', '_'])
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

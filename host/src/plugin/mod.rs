@@ -3,13 +3,21 @@
 //! types the rest of the host reads (`registry`).
 
 mod bindings;
+pub mod check;
 mod engine;
 mod loaded;
 mod registry;
+pub mod watcher;
 
-pub use engine::{PluginLimits, PluginRuntime};
-pub use loaded::{LoadedPlugin, PluginConfig, PluginInfo};
-pub use registry::Registry;
+pub use engine::{
+    Compiled, MAX_LOG_LINE, MAX_LOG_LINES_PER_CALL, PluginLimits, PluginRuntime, write_atomically,
+};
+pub(crate) use loaded::hex;
+pub use loaded::{
+    CallReport, FAILING_AFTER, LoadedPlugin, MAX_MESSAGE_BYTES, PluginConfig, PluginHealth,
+    PluginInfo, PluginSource, valid_type_name,
+};
+pub use registry::{PluginFile, Registry, wasm_files};
 
 use chrono::NaiveDate;
 use std::collections::BTreeMap;
@@ -31,6 +39,8 @@ pub enum PluginError {
     Returned(String),
     #[error("plugin error: returned an invalid local datetime {0}")]
     InvalidDatetime(String),
+    #[error("plugin error: output too large: {0}")]
+    Output(String),
 }
 
 /// What a plugin sees of a user: the `subject` record, in host types.

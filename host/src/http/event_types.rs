@@ -1,0 +1,204 @@
+//! `/event-types`: the loaded types (open to all), and the admin API that
+//! uploads, replaces and unloads them (bearer `KAIROS_ADMIN_TOKEN`).
+
+use super::AppState;
+use super::error::ApiError;
+use crate::event_types::{Change, UploadError};
+use crate::plugin::{LoadedPlugin, PluginConfig, PluginFile, valid_type_name};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use subtle::ConstantTimeEq;
+
+/// Largest component accepted by `PUT /event-types/{name}`.
+pub const MAX_COMPONENT: usize = 32 << 20;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/event-types", get(list)).route(
+        "/event-types/{name}",
+        get(show)
+            .put(upload)
+            .delete(unload)
+            .layer(DefaultBodyLimit::max(MAX_COMPONENT)),
+    )
+}
+
+/// A loaded type as `GET /event-types` shows it.
+pub fn describe(plugin: &LoadedPlugin) -> Value {
+    let health = &plugin.health;
+    let (recent_failures, recent_calls) = health.recent_failures();
+    json!({
+        "name": plugin.info.name,
+        "version": plugin.info.version,
+        "description": plugin.info.description,
+        "dates": plugin.info.dates,
+        "sha256": plugin.sha256,
+        "loaded_at": plugin.loaded_at,
+        "config": plugin.config,
+        "webhook_url": plugin.webhook_url,
+        "source": plugin.source,
+        "health": {
+            "status": if health.failing() { "failing" } else { "ok" },
+            "calls": health.calls.load(Ordering::Relaxed),
+            "failures": health.failures.load(Ordering::Relaxed),
+            "consecutive_failures": health.consecutive_failures.load(Ordering::Relaxed),
+            "recent_calls": recent_calls,
+            "recent_failures": recent_failures,
+            "last_error": *health.last_error.lock().unwrap_or_else(|e| e.into_inner()),
+        },
+    })
+}
+
+async fn list(State(state): State<AppState>) -> Json<Vec<Value>> {
+    Json(
+        state
+            .registry
+            .snapshot()
+            .values()
+            .map(|p| describe(p))
+            .collect(),
+    )
+}
+
+async fn show(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .registry
+        .get(&name)
+        .map(|p| Json(describe(&p)))
+        .ok_or(ApiError::NotFound("event type"))
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&state, &headers)?;
+    check_name(&name)?;
+    let settings = settings_from_query(query)?;
+    if let Some(kind) = headers.get(header::CONTENT_TYPE) {
+        let kind = kind.to_str().unwrap_or("");
+        if !matches!(
+            kind.split(';').next().unwrap_or("").trim(),
+            "application/wasm" | "application/octet-stream"
+        ) {
+            return Err(ApiError::bad_request(
+                "content-type",
+                format!("the body must be a component sent as application/wasm, not {kind:?}"),
+            ));
+        }
+    }
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: MAX_COMPONENT,
+            }
+        } else {
+            ApiError::BadRequest {
+                field: Some("body".into()),
+                message: e.body_text(),
+            }
+        }
+    })?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "body",
+            "the body must be a WebAssembly component (application/wasm); it is empty",
+        ));
+    }
+    match state
+        .event_types
+        .upload(&name, body.to_vec(), settings)
+        .await
+    {
+        Ok((change, plugin)) => {
+            let status = match change {
+                Change::Added => StatusCode::CREATED,
+                Change::Replaced => StatusCode::OK,
+            };
+            Ok((status, Json(describe(&plugin))))
+        }
+        Err(UploadError::Invalid(reason)) => Err(ApiError::bad_request("body", reason)),
+        Err(UploadError::Internal(e)) => Err(ApiError::Internal(e)),
+    }
+}
+
+async fn unload(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    match state.event_types.unload(&name).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT),
+        None => Err(ApiError::NotFound("event type")),
+    }
+}
+
+/// `Authorization: Bearer <KAIROS_ADMIN_TOKEN>`, compared in constant time
+/// (over digests, so the length does not leak either).
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = state.admin_token.as_deref() else {
+        return Err(ApiError::Unauthorized);
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches: bool = Sha256::digest(given.as_bytes())
+        .ct_eq(&Sha256::digest(expected.as_bytes()))
+        .into();
+    if matches && !given.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if valid_type_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "name",
+            "a type name is 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit",
+        ))
+    }
+}
+
+/// `?config.KEY=VALUE…` is the type's whole config; nothing else is accepted.
+fn settings_from_query(query: BTreeMap<String, String>) -> Result<PluginFile, ApiError> {
+    let mut config = PluginConfig::new();
+    let mut webhook_url = None;
+    for (key, value) in query {
+        if key == "webhook_url" {
+            reqwest::Url::parse(&value)
+                .map_err(|e| ApiError::bad_request("webhook_url", format!("not a URL: {e}")))?;
+            webhook_url = Some(value);
+        } else if let Some(name) = key.strip_prefix("config.").filter(|k| !k.is_empty()) {
+            config.insert(name.to_string(), value);
+        } else {
+            return Err(ApiError::bad_request(
+                key,
+                "unknown query parameter; use config.KEY=VALUE or webhook_url",
+            ));
+        }
+    }
+    Ok(PluginFile {
+        config,
+        webhook_url,
+    })
+}

@@ -1,0 +1,438 @@
+//! Event types in a running host: the admin API, the watched plugin
+//! directory, persistence and the compiled-component cache.
+
+use crate::helpers::{
+    ADMIN_TOKEN, ada, eventually, plugin_bytes, spawn_app, spawn_app_on, spawn_app_with,
+};
+use kairos::plugin::Compiled;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn by_name<'a>(types: &'a [Value], name: &str) -> Option<&'a Value> {
+    types.iter().find(|t| t["name"] == name)
+}
+
+fn events_of_type<'a>(events: &'a [Value], event_type: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event_type"] == event_type)
+        .collect()
+}
+
+#[tokio::test]
+async fn event_types_lists_each_loaded_type_with_its_description_and_health() {
+    let app = spawn_app().await;
+    let types = app.event_types().await;
+    assert_eq!(types.len(), 1, "{types:?}");
+    let birthday = &types[0];
+    assert_eq!(birthday["name"], "birthday");
+    assert_eq!(birthday["version"], "0.1.0");
+    assert_eq!(birthday["dates"], json!(["birthday"]));
+    assert_eq!(birthday["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(birthday["source"]["kind"], "directory");
+    assert_eq!(birthday["health"]["status"], "ok");
+    assert!(birthday["loaded_at"].is_string());
+    assert_eq!(birthday["config"], json!({}));
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_requests_without_the_right_bearer_token() {
+    let app = spawn_app().await;
+    let wasm = plugin_bytes("kairos-anniversary");
+    let url = app.url("/event-types/anniversary");
+    for auth in [None, Some("wrong-token"), Some("")] {
+        let mut request = app.http.put(&url).body(wasm.clone());
+        if let Some(token) = auth {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "token {auth:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    }
+    let response = app
+        .http
+        .delete(app.url("/event-types/birthday"))
+        .bearer_auth("wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let names: Vec<Value> = app
+        .event_types()
+        .await
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("birthday")], "nothing changed");
+
+    // No token configured: the admin API is closed.
+    let closed = spawn_app_with(|s| s.admin_token = None).await;
+    let response = closed
+        .http
+        .put(closed.url("/event-types/anniversary"))
+        .bearer_auth(ADMIN_TOKEN)
+        .body(wasm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn an_uploaded_type_is_scheduled_for_users_created_before_it_and_delivers() {
+    let app = spawn_app().await;
+    let user = app.create_user(&ada()).await;
+    let id = user["id"].as_str().unwrap();
+    assert!(events_of_type(&app.events_of(id).await, "anniversary").is_empty());
+
+    let response = app
+        .put_type(
+            "anniversary",
+            "?config.send_at=10:30",
+            plugin_bytes("kairos-anniversary"),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let described: Value = response.json().await.unwrap();
+    assert_eq!(described["name"], "anniversary");
+    assert_eq!(described["dates"], json!(["anniversary"]));
+    assert_eq!(described["config"], json!({"send_at": "10:30"}));
+    assert_eq!(described["source"]["kind"], "upload");
+    app.event_types.settle().await;
+
+    let events = app.events_of(id).await;
+    let anniversary = events_of_type(&events, "anniversary");
+    assert_eq!(anniversary.len(), 1, "{events:?}");
+    let event = anniversary[0];
+    let occurrence = event["occurrence"].as_str().unwrap();
+    assert!(occurrence.ends_with("-07-08T10:30:00"), "{occurrence}");
+    let year: i32 = occurrence[..4].parse().unwrap();
+
+    app.make_due(event["id"].as_str().unwrap()).await;
+    app.run_claimer_once().await;
+    let received = app.receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].body["event_type"], "anniversary");
+    assert_eq!(
+        received[0].body["message"]["text"],
+        format!("Hey, Ada Lovelace happy {} year anniversary", year - 1835)
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_type_recomputes_pending_events_and_an_unloaded_one_cancels_them() {
+    let app = spawn_app().await;
+    let user = app.create_user(&ada()).await;
+    let id = user["id"].as_str().unwrap();
+    let wasm = plugin_bytes("kairos-anniversary");
+    assert_eq!(
+        app.put_type("anniversary", "", wasm.clone()).await.status(),
+        201
+    );
+    app.event_types.settle().await;
+    let first = app.events_of(id).await;
+    let first = events_of_type(&first, "anniversary")[0].clone();
+    assert!(first["occurrence"].as_str().unwrap().ends_with("T09:00:00"));
+
+    // Same component, new config: a replacement (200) that moves the event.
+    let response = app
+        .put_type("anniversary", "?config.send_at=18:00", wasm.clone())
+        .await;
+    assert_eq!(response.status(), 200);
+    app.event_types.settle().await;
+    let events = app.events_of(id).await;
+    let anniversary = events_of_type(&events, "anniversary");
+    let pending: Vec<_> = anniversary
+        .iter()
+        .filter(|e| e["status"] == "pending")
+        .collect();
+    assert_eq!(pending.len(), 1, "{events:?}");
+    assert!(
+        pending[0]["occurrence"]
+            .as_str()
+            .unwrap()
+            .ends_with("T18:00:00")
+    );
+    let old = anniversary.iter().find(|e| e["id"] == first["id"]).unwrap();
+    assert_eq!(old["status"], "cancelled");
+
+    // Unload: pending events cancelled, the upload forgotten.
+    let response = app
+        .http
+        .delete(app.url("/event-types/anniversary"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let events = app.events_of(id).await;
+    assert!(
+        events_of_type(&events, "anniversary")
+            .iter()
+            .all(|e| e["status"] == "cancelled"),
+        "{events:?}"
+    );
+    assert!(by_name(&app.event_types().await, "anniversary").is_none());
+    assert!(
+        !app.settings
+            .data_dir
+            .join("plugins/anniversary.wasm")
+            .exists()
+    );
+    let again = app
+        .http
+        .delete(app.url("/event-types/anniversary"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+
+    // Loaded again: scheduled afresh, cancelled events do not block it.
+    assert_eq!(app.put_type("anniversary", "", wasm).await.status(), 201);
+    app.event_types.settle().await;
+    let events = app.events_of(id).await;
+    assert_eq!(
+        events_of_type(&events, "anniversary")
+            .iter()
+            .filter(|e| e["status"] == "pending")
+            .count(),
+        1,
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_upload_is_a_400_with_the_reason_and_changes_nothing() {
+    let app = spawn_app().await;
+    let birthday_before = app.event_types().await[0]["sha256"].clone();
+    let cases: Vec<(&str, &str, Vec<u8>, &str, &str)> = vec![
+        (
+            "anniversary",
+            "",
+            b"not wasm at all".to_vec(),
+            "body",
+            "not a valid WebAssembly component",
+        ),
+        ("anniversary", "", Vec::new(), "body", "empty"),
+        (
+            "anniversary",
+            "",
+            plugin_bytes("kairos-birthday"),
+            "body",
+            "describes itself as \"birthday\"",
+        ),
+        (
+            "misbehave",
+            "?config.mode=loop",
+            plugin_bytes("kairos-misbehave"),
+            "body",
+            "self-check failed",
+        ),
+        (
+            "misbehave",
+            "?config.mode=trap",
+            plugin_bytes("kairos-misbehave"),
+            "body",
+            "trap",
+        ),
+        (
+            "Bad Name",
+            "",
+            plugin_bytes("kairos-anniversary"),
+            "name",
+            "type name",
+        ),
+        (
+            "anniversary",
+            "?colour=blue",
+            plugin_bytes("kairos-anniversary"),
+            "colour",
+            "unknown query parameter",
+        ),
+        (
+            "anniversary",
+            "?webhook_url=not%20a%20url",
+            plugin_bytes("kairos-anniversary"),
+            "webhook_url",
+            "not a URL",
+        ),
+        (
+            "birthday",
+            "",
+            plugin_bytes("kairos-misbehave"),
+            "body",
+            "describes itself as \"misbehave\"",
+        ),
+    ];
+    for (name, query, bytes, field, reason) in cases {
+        let response = app.put_type(name, query, bytes).await;
+        assert_eq!(response.status(), 400, "{name}{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["field"], field, "{name}{query}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(reason), "{name}{query}: {error}");
+    }
+    // A plain (core) WebAssembly module is not a component.
+    let response = app
+        .put_type("anniversary", "", b"\0asm\x01\0\0\0".to_vec())
+        .await;
+    assert_eq!(response.status(), 400);
+
+    let response = app
+        .http
+        .put(app.url("/event-types/anniversary"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["field"], "content-type");
+
+    let types = app.event_types().await;
+    assert_eq!(types.len(), 1, "{types:?}");
+    assert_eq!(types[0]["sha256"], birthday_before, "birthday untouched");
+    let uploads = app.settings.data_dir.join("plugins");
+    assert_eq!(std::fs::read_dir(uploads).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn uploads_survive_a_restart_and_load_from_the_compiled_cache() {
+    let first = spawn_app().await;
+    let response = first
+        .put_type(
+            "anniversary",
+            "?config.send_at=07:15",
+            plugin_bytes("kairos-anniversary"),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let sha = response.json::<Value>().await.unwrap()["sha256"].clone();
+    let cached: Vec<_> = std::fs::read_dir(first.settings.data_dir.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        cached
+            .iter()
+            .any(|f| f.starts_with(sha.as_str().unwrap()) && f.ends_with(".cwasm")),
+        "{cached:?}"
+    );
+    let settings = first.settings.clone();
+    let receiver = first.receiver.clone();
+    first.event_types.settle().await;
+    first.stop().await;
+
+    let second = spawn_app_on(settings, receiver).await;
+    let types = second.event_types().await;
+    let anniversary = by_name(&types, "anniversary").expect("still loaded");
+    assert_eq!(anniversary["sha256"], sha);
+    assert_eq!(anniversary["config"], json!({"send_at": "07:15"}));
+    for name in ["birthday", "anniversary"] {
+        assert_eq!(
+            second.registry.get(name).unwrap().compiled,
+            Compiled::FromCache,
+            "{name} was compiled again"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_watched_directory_loads_replaces_and_unloads_types() {
+    let app = spawn_app().await;
+    let user = app.create_user(&ada()).await;
+    let id = user["id"].as_str().unwrap().to_string();
+    let dir = app.settings.plugin_dir.clone();
+    let wasm = plugin_bytes("kairos-anniversary");
+
+    // A partial write is never loaded: the watcher reads it, refuses it, and
+    // keeps waiting for the file to be complete.
+    let syncs = app.event_types.syncs();
+    std::fs::write(dir.join("anniversary.wasm"), &wasm[..wasm.len() / 2]).unwrap();
+    eventually(
+        "the partial file to be read",
+        Duration::from_secs(10),
+        || async { app.event_types.syncs() > syncs },
+    )
+    .await;
+    assert!(app.registry.get("anniversary").is_none());
+
+    std::fs::write(dir.join("anniversary.wasm"), &wasm).unwrap();
+    eventually("anniversary to load", Duration::from_secs(10), || async {
+        app.registry.get("anniversary").is_some()
+    })
+    .await;
+    app.event_types.settle().await;
+    let events = app.events_of(&id).await;
+    let scheduled = events_of_type(&events, "anniversary");
+    assert_eq!(scheduled.len(), 1, "{events:?}");
+    assert!(
+        scheduled[0]["occurrence"]
+            .as_str()
+            .unwrap()
+            .ends_with("T09:00:00")
+    );
+
+    // Editing NAME.toml alone reloads the type with the new config.
+    std::fs::write(
+        dir.join("anniversary.toml"),
+        "[config]\nsend_at = \"11:45\"\n",
+    )
+    .unwrap();
+    eventually("the new config", Duration::from_secs(10), || async {
+        app.registry
+            .get("anniversary")
+            .is_some_and(|p| p.config.get("send_at").map(String::as_str) == Some("11:45"))
+    })
+    .await;
+    app.event_types.settle().await;
+    let events = app.events_of(&id).await;
+    let pending: Vec<_> = events_of_type(&events, "anniversary")
+        .into_iter()
+        .filter(|e| e["status"] == "pending")
+        .collect();
+    assert_eq!(pending.len(), 1, "{events:?}");
+    assert!(
+        pending[0]["occurrence"]
+            .as_str()
+            .unwrap()
+            .ends_with("T11:45:00")
+    );
+
+    // Removing NAME.wasm unloads it and cancels its pending events.
+    std::fs::remove_file(dir.join("anniversary.wasm")).unwrap();
+    eventually("anniversary to unload", Duration::from_secs(10), || async {
+        app.registry.get("anniversary").is_none()
+    })
+    .await;
+    let events = app.events_of(&id).await;
+    assert!(
+        events_of_type(&events, "anniversary")
+            .iter()
+            .all(|e| e["status"] == "cancelled"),
+        "{events:?}"
+    );
+    assert!(app.registry.get("birthday").is_some(), "birthday untouched");
+}
+
+#[tokio::test]
+async fn a_plugin_built_against_wit_0_1_0_still_loads() {
+    let app = spawn_app().await;
+    let response = app
+        .put_type("compat", "", plugin_bytes("kairos-compat-v0-1-0"))
+        .await;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["name"], "compat");
+    let user = app.create_user(&ada()).await;
+    let events = app.events_of(user["id"].as_str().unwrap()).await;
+    let compat = events_of_type(&events, "compat");
+    assert_eq!(compat.len(), 1, "{events:?}");
+    app.make_due(compat[0]["id"].as_str().unwrap()).await;
+    app.run_claimer_once().await;
+    let received = app.receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].body["message"]["text"], "compat Ada");
+}
