@@ -179,6 +179,22 @@ impl Settings {
         Wrapper::try_parse_from(args).map(|w| w.settings)
     }
 
+    /// An empty optional setting (`KAIROS_ADMIN_TOKEN=` in a compose file)
+    /// means unset, not an empty token or URL.
+    pub fn without_empty_values(mut self) -> Self {
+        for value in [
+            &mut self.database_url,
+            &mut self.webhook_url,
+            &mut self.webhook_secret,
+            &mut self.admin_token,
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *value = None;
+            }
+        }
+        self
+    }
+
     /// Checks what clap cannot: relations between settings and secret syntax.
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
@@ -239,6 +255,18 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_optional_values_mean_unset() {
+        let mut s =
+            Settings::from_args(["kairos", "--admin-token", "", "--webhook-url", " "]).unwrap();
+        s.webhook_secret = Some(String::new());
+        let s = s.without_empty_values();
+        assert_eq!(s.admin_token, None);
+        assert_eq!(s.webhook_url, None);
+        assert_eq!(s.webhook_secret, None);
+        s.validate().unwrap();
+    }
 
     #[test]
     fn defaults_match_the_contract() {

@@ -31,6 +31,7 @@ impl Application {
     /// Connects (starting the embedded cluster if no URL is given), migrates,
     /// loads the plugin directory and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = settings.without_empty_values();
         settings.validate()?;
         let (database_url, embedded) = match &settings.database_url {
             Some(url) => (url.clone(), None),

@@ -4,8 +4,10 @@
 use crate::helpers::{
     ADMIN_TOKEN, ada, eventually, plugin_bytes, spawn_app, spawn_app_on, spawn_app_with,
 };
-use kairos::plugin::Compiled;
+use kairos::plugin::{Compiled, LoadedPlugin, PluginLimits, PluginRuntime, PluginSource};
+use kairos::scheduler;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn by_name<'a>(types: &'a [Value], name: &str) -> Option<&'a Value> {
@@ -435,4 +437,45 @@ async fn a_plugin_built_against_wit_0_1_0_still_loads() {
     app.run_claimer_once().await;
     let received = app.receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].body["message"]["text"], "compat Ada");
+}
+
+#[tokio::test]
+async fn two_replicas_scheduling_one_type_at_once_write_one_event_per_user() {
+    let app = spawn_app().await;
+    for _ in 0..25 {
+        app.create_user(&ada()).await;
+    }
+    // The same component on two "replicas", passing over the users at once
+    // in different batch sizes.
+    let runtime = PluginRuntime::new(PluginLimits::default()).unwrap();
+    let plugin = Arc::new(
+        LoadedPlugin::load(
+            &runtime,
+            &plugin_bytes("kairos-anniversary"),
+            Default::default(),
+            None,
+            PluginSource::File("anniversary.wasm".into()),
+        )
+        .unwrap(),
+    );
+    let (a, b) = tokio::join!(
+        scheduler::schedule_type(&app.pool, plugin.clone(), 7),
+        scheduler::schedule_type(&app.pool, plugin.clone(), 3),
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 25, "each event written once");
+    let per_user: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'anniversary' AND status = 'pending' \
+         GROUP BY user_id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(per_user.len(), 25);
+    assert!(per_user.iter().all(|n| *n == 1), "{per_user:?}");
+
+    // The pass is recorded: the same component and config skip it next time.
+    let again = scheduler::schedule_type(&app.pool, plugin, 7)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
 }
