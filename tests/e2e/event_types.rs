@@ -21,6 +21,24 @@ fn events_of_type<'a>(events: &'a [Value], event_type: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn pending_of_type<'a>(events: &'a [Value], event_type: &str) -> Vec<&'a Value> {
+    events_of_type(events, event_type)
+        .into_iter()
+        .filter(|e| e["status"] == "pending")
+        .collect()
+}
+
 #[tokio::test]
 async fn event_types_lists_each_loaded_type_with_its_description_and_health() {
     let app = spawn_app().await;
@@ -87,15 +105,15 @@ async fn an_uploaded_type_is_scheduled_for_users_created_before_it_and_delivers(
     let id = user["id"].as_str().unwrap();
     assert!(events_of_type(&app.events_of(id).await, "anniversary").is_empty());
 
+    // Its own webhook URL (here the same receiver under another path).
+    let hook = format!("{}?type=anniversary", app.receiver.url());
+    let query = format!("?config.send_at=10:30&webhook_url={}", urlencode(&hook));
     let response = app
-        .put_type(
-            "anniversary",
-            "?config.send_at=10:30",
-            plugin_bytes("kairos-anniversary"),
-        )
+        .put_type("anniversary", &query, plugin_bytes("kairos-anniversary"))
         .await;
     assert_eq!(response.status(), 201);
     let described: Value = response.json().await.unwrap();
+    assert_eq!(described["webhook_url"], hook);
     assert_eq!(described["name"], "anniversary");
     assert_eq!(described["dates"], json!(["anniversary"]));
     assert_eq!(described["config"], json!({"send_at": "10:30"}));
@@ -114,6 +132,10 @@ async fn an_uploaded_type_is_scheduled_for_users_created_before_it_and_delivers(
     app.run_claimer_once().await;
     let received = app.receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].body["event_type"], "anniversary");
+    assert_eq!(
+        received[0].uri, "/hook?type=anniversary",
+        "the type's own URL"
+    );
     assert_eq!(
         received[0].body["message"]["text"],
         format!("Hey, Ada Lovelace happy {} year anniversary", year - 1835)
@@ -143,10 +165,7 @@ async fn a_replaced_type_recomputes_pending_events_and_an_unloaded_one_cancels_t
     app.event_types.settle().await;
     let events = app.events_of(id).await;
     let anniversary = events_of_type(&events, "anniversary");
-    let pending: Vec<_> = anniversary
-        .iter()
-        .filter(|e| e["status"] == "pending")
-        .collect();
+    let pending = pending_of_type(&events, "anniversary");
     assert_eq!(pending.len(), 1, "{events:?}");
     assert!(
         pending[0]["occurrence"]
@@ -158,13 +177,7 @@ async fn a_replaced_type_recomputes_pending_events_and_an_unloaded_one_cancels_t
     assert_eq!(old["status"], "cancelled");
 
     // Unload: pending events cancelled, the upload forgotten.
-    let response = app
-        .http
-        .delete(app.url("/event-types/anniversary"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete_type("anniversary").await;
     assert_eq!(response.status(), 204);
     let events = app.events_of(id).await;
     assert!(
@@ -180,13 +193,7 @@ async fn a_replaced_type_recomputes_pending_events_and_an_unloaded_one_cancels_t
             .join("plugins/anniversary.wasm")
             .exists()
     );
-    let again = app
-        .http
-        .delete(app.url("/event-types/anniversary"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let again = app.delete_type("anniversary").await;
     assert_eq!(again.status(), 404);
 
     // Loaded again: scheduled afresh, cancelled events do not block it.
@@ -194,10 +201,7 @@ async fn a_replaced_type_recomputes_pending_events_and_an_unloaded_one_cancels_t
     app.event_types.settle().await;
     let events = app.events_of(id).await;
     assert_eq!(
-        events_of_type(&events, "anniversary")
-            .iter()
-            .filter(|e| e["status"] == "pending")
-            .count(),
+        pending_of_type(&events, "anniversary").len(),
         1,
         "{events:?}"
     );
@@ -391,10 +395,7 @@ async fn the_watched_directory_loads_replaces_and_unloads_types() {
     .await;
     app.event_types.settle().await;
     let events = app.events_of(&id).await;
-    let pending: Vec<_> = events_of_type(&events, "anniversary")
-        .into_iter()
-        .filter(|e| e["status"] == "pending")
-        .collect();
+    let pending = pending_of_type(&events, "anniversary");
     assert_eq!(pending.len(), 1, "{events:?}");
     assert!(
         pending[0]["occurrence"]

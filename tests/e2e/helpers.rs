@@ -184,6 +184,8 @@ pub fn plugin_dir_with_birthday(toml: Option<&str>) -> PathBuf {
 /// One webhook request as the receiver saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// Path and query the request was sent to.
+    pub uri: String,
     pub headers: HeaderMap,
     pub raw: Bytes,
     pub body: Value,
@@ -262,16 +264,18 @@ impl Receiver {
 
 async fn receive(
     State(state): State<Arc<ReceiverState>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     raw: Bytes,
 ) -> StatusCode {
     let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
     let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    state
-        .received
-        .lock()
-        .unwrap()
-        .push(Received { headers, raw, body });
+    state.received.lock().unwrap().push(Received {
+        uri: uri.to_string(),
+        headers,
+        raw,
+        body,
+    });
     state.arrived.notify_waiters();
     StatusCode::from_u16(status).unwrap()
 }
@@ -397,6 +401,16 @@ impl TestApp {
             .bearer_auth(ADMIN_TOKEN)
             .header("content-type", "application/wasm")
             .body(bytes)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `DELETE /event-types/{name}` with the admin token.
+    pub async fn delete_type(&self, name: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(&format!("/event-types/{name}")))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap()

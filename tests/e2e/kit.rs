@@ -2,7 +2,7 @@
 //! new`, build, `kairos plugin check`, load into a running host — here as a
 //! replacement for birthday under concurrent load, with no failed call.
 
-use crate::helpers::{ADMIN_TOKEN, ada, plugin_wasm, spawn_app};
+use crate::helpers::{ada, plugin_wasm, spawn_app};
 use kairos::plugin::check::FIXTURES;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -190,15 +190,7 @@ async fn a_new_plugin_builds_passes_check_and_replaces_birthday_under_load_witho
     let user = app.create_user(&ada()).await;
     let user_id = user["id"].as_str().unwrap().to_string();
 
-    let response = app
-        .http
-        .put(app.url("/event-types/birthday"))
-        .bearer_auth(ADMIN_TOKEN)
-        .header("content-type", "application/wasm")
-        .body(new_bytes)
-        .send()
-        .await
-        .unwrap();
+    let response = app.put_type("birthday", "", new_bytes).await;
     assert_eq!(response.status(), 200, "a replacement");
     for _ in 0..20 {
         let created = app.create_user(&ada()).await;

@@ -20,10 +20,11 @@ pub struct Registry {
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginFile {
-    #[serde(default)]
-    pub config: PluginConfig,
+    // Plain values before tables: TOML needs `webhook_url` ahead of `[config]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub config: PluginConfig,
 }
 
 impl PluginFile {
@@ -164,4 +165,29 @@ pub fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect();
     paths.sort();
     Ok(paths)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PluginFile;
+
+    #[test]
+    fn settings_written_for_an_upload_read_back_the_same() {
+        let file = PluginFile {
+            webhook_url: Some("https://example.test/hook".into()),
+            config: [("send_at".to_string(), "10:30".to_string())].into(),
+        };
+        let text = toml::to_string(&file).unwrap();
+        assert_eq!(toml::from_str::<PluginFile>(&text).unwrap(), file);
+        let dir = std::env::temp_dir().join(format!("kairos-pf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.toml"), &text).unwrap();
+        assert_eq!(PluginFile::read_beside(&dir.join("t.wasm")).unwrap(), file);
+        std::fs::write(dir.join("t.toml"), "[config]\nsend_at = 9\n").unwrap();
+        assert!(
+            PluginFile::read_beside(&dir.join("t.wasm")).is_err(),
+            "values are strings"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
