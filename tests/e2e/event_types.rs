@@ -278,6 +278,24 @@ async fn a_bad_upload_is_a_400_with_the_reason_and_changes_nothing() {
         let error = body["error"].as_str().unwrap();
         assert!(error.contains(reason), "{name}{query}: {error}");
     }
+    // Components may be larger than the 1 MiB JSON limit, up to 32 MiB.
+    let response = app.put_type("anniversary", "", vec![0u8; 2 << 20]).await;
+    assert_eq!(
+        response.status(),
+        400,
+        "read, then refused as not a component"
+    );
+    let response = app.put_type("anniversary", "", vec![0u8; 33 << 20]).await;
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than the limit")
+    );
+    assert_eq!(app.get("/event-types/nope").await.status(), 404);
+
     // A plain (core) WebAssembly module is not a component.
     let response = app
         .put_type("anniversary", "", b"\0asm\x01\0\0\0".to_vec())
