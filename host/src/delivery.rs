@@ -246,12 +246,33 @@ impl Deliverer {
         if completions.is_empty() {
             return Ok(());
         }
+        // A deadlock with a concurrent transaction (say a scheduling pass
+        // inserting the same next occurrences) rolls the whole batch back;
+        // the same batch tried again goes through.
+        let mut tries = 0;
+        loop {
+            match self.complete_once(&completions).await {
+                Err(error)
+                    if tries < 4
+                        && error
+                            .downcast_ref::<sqlx::Error>()
+                            .is_some_and(store::is_transient) =>
+                {
+                    tries += 1;
+                    tracing::debug!(%error, tries, "recording outcomes collided with another transaction; trying again");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn complete_once(&self, completions: &[Completion]) -> anyhow::Result<()> {
         let mut ids = Vec::with_capacity(completions.len());
         let mut leases = Vec::with_capacity(completions.len());
         let mut statuses = Vec::with_capacity(completions.len());
         let mut errors: Vec<Option<&str>> = Vec::with_capacity(completions.len());
         let mut run_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(completions.len());
-        for c in &completions {
+        for c in completions {
             ids.push(c.event.id);
             leases.push(c.event.lease_id);
             let (status, error, run_at) = match &c.outcome {
@@ -307,7 +328,7 @@ impl Deliverer {
 
         let applied: std::collections::HashSet<Uuid> = applied.into_iter().collect();
         let finished: Vec<ClaimedEvent> = completions
-            .into_iter()
+            .iter()
             .filter(|c| applied.contains(&c.event.id))
             .filter(|c| {
                 matches!(
@@ -315,7 +336,7 @@ impl Deliverer {
                     DeliveryOutcome::Delivered | DeliveryOutcome::Failed { .. }
                 )
             })
-            .map(|c| c.event)
+            .map(|c| c.event.clone())
             .collect();
         if !finished.is_empty() {
             let registry = self.registry.clone();

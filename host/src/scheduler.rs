@@ -135,43 +135,30 @@ pub async fn schedule_type(
     tracing::info!(event_type = %name, users = total, "scheduling event type");
     let started = std::time::Instant::now();
     let (mut after, mut seen, mut written, mut failed) = (None, 0i64, 0u64, 0u64);
+    let mut last_progress = std::time::Instant::now();
     loop {
         let ids = store::user_ids_with_dates(pool, &dates, after, batch as i64).await?;
         let Some(last) = ids.last().copied() else {
             break;
         };
-        let mut tx = pool.begin().await?;
-        let users = store::lock_users(&mut tx, &ids).await?;
-        let now = Utc::now();
-        let plugin_for_batch = plugin.clone();
-        let (plans, failures) = tokio::task::spawn_blocking(move || {
-            let mut failures = 0u64;
-            let mut plans = Vec::with_capacity(users.len());
-            for user in &users {
-                let subject = user.subject();
-                let Some(tz) = parse_tz(&subject.timezone) else {
-                    continue;
-                };
-                match plan_next(&plugin_for_batch, &subject, utc_to_local(now, tz)) {
-                    Ok(plan) => plans.extend(plan),
-                    Err(error) => {
-                        failures += 1;
-                        if failures == 1 {
-                            tracing::warn!(event_type = plugin_for_batch.name(), user_id = %subject.id, %error, "event type failed to generate an occurrence");
-                        }
-                    }
+        let mut tries = 0;
+        let (batch_written, failures) = loop {
+            match schedule_batch(pool, &plugin, &ids).await {
+                Err(error) if tries < 4 && store::is_transient(&error) => {
+                    tries += 1;
+                    tracing::debug!(event_type = %name, %error, tries, "scheduling batch collided with another transaction; trying again");
                 }
+                result => break result?,
             }
-            (plans, failures)
-        })
-        .await?;
-        store::cancel_unplanned_pending_of_type(&mut tx, &name, &ids, &plans).await?;
-        written += store::insert_planned(&mut tx, &plans).await?;
-        tx.commit().await?;
+        };
+        written += batch_written;
         failed += failures;
         seen += ids.len() as i64;
         after = Some(last);
-        tracing::info!(event_type = %name, done = seen, total, "scheduling event type: progress");
+        if last_progress.elapsed() >= std::time::Duration::from_secs(5) {
+            tracing::info!(event_type = %name, done = seen, total, "scheduling event type: progress");
+            last_progress = std::time::Instant::now();
+        }
     }
     if failed > 0 {
         crate::metrics::plugin_failure(&name);
@@ -187,6 +174,45 @@ pub async fn schedule_type(
         "scheduled event type"
     );
     Ok(written)
+}
+
+/// One batch of a scheduling pass, in one transaction with its users locked:
+/// returns the events written and how many users the type failed on.
+async fn schedule_batch(
+    pool: &PgPool,
+    plugin: &Arc<LoadedPlugin>,
+    ids: &[Uuid],
+) -> sqlx::Result<(u64, u64)> {
+    let mut tx = pool.begin().await?;
+    let users = store::lock_users(&mut tx, ids).await?;
+    let now = Utc::now();
+    let plugin_for_batch = plugin.clone();
+    let (plans, failures) = tokio::task::spawn_blocking(move || {
+        let mut failures = 0u64;
+        let mut plans = Vec::with_capacity(users.len());
+        for user in &users {
+            let subject = user.subject();
+            let Some(tz) = parse_tz(&subject.timezone) else {
+                continue;
+            };
+            match plan_next(&plugin_for_batch, &subject, utc_to_local(now, tz)) {
+                Ok(plan) => plans.extend(plan),
+                Err(error) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(event_type = plugin_for_batch.name(), user_id = %subject.id, %error, "event type failed to generate an occurrence");
+                    }
+                }
+            }
+        }
+        (plans, failures)
+    })
+    .await
+    .map_err(|e| sqlx::Error::Protocol(format!("planning task failed: {e}")))?;
+    store::cancel_unplanned_pending_of_type(&mut tx, plugin.name(), ids, &plans).await?;
+    let written = store::insert_planned(&mut tx, &plans).await?;
+    tx.commit().await?;
+    Ok((written, failures))
 }
 
 #[cfg(test)]

@@ -275,12 +275,29 @@ pub async fn cancel_unplanned_pending(
     .rows_affected())
 }
 
+/// Whether a statement failed only because of concurrent transactions
+/// (deadlock, serialization failure): the same work, tried again, succeeds.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
 /// Inserts planned events as pending; an occurrence that already has a live
-/// event is left alone (the unique key makes generation idempotent).
+/// event is left alone (the unique key makes generation idempotent). Rows go
+/// in key order, so two transactions inserting overlapping plans (a
+/// scheduling pass and a delivery's next occurrence) wait on each other in
+/// the same order instead of deadlocking.
 pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> sqlx::Result<u64> {
     if plans.is_empty() {
         return Ok(0);
     }
+    let mut sorted: Vec<&PlannedEvent> = plans.iter().collect();
+    sorted.sort_by(|a, b| {
+        (a.user_id, &a.event_type, a.occurrence).cmp(&(b.user_id, &b.event_type, b.occurrence))
+    });
+    let plans = sorted;
     let ids: Vec<Uuid> = plans.iter().map(|_| Uuid::new_v4()).collect();
     let users: Vec<Uuid> = plans.iter().map(|p| p.user_id).collect();
     let types: Vec<&str> = plans.iter().map(|p| p.event_type.as_str()).collect();
@@ -291,8 +308,9 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
         "INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at) \
          SELECT id, user_id, event_type, occurrence, timezone, due_at, due_at \
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamp[], $5::text[], $6::timestamptz[]) \
-              AS p(id, user_id, event_type, occurrence, timezone, due_at) \
+              WITH ORDINALITY AS p(id, user_id, event_type, occurrence, timezone, due_at, n) \
          WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id) \
+         ORDER BY p.n \
          ON CONFLICT (user_id, event_type, occurrence) WHERE status <> 'cancelled' DO NOTHING",
     )
     .bind(&ids)

@@ -102,6 +102,7 @@ async fn server_errors_are_retried_with_backoff_until_success() {
     let (_, event_id) = ada_with_event(&app).await;
     app.make_due(&event_id).await;
 
+    let before = chrono::Utc::now();
     app.run_claimer_once().await;
     let after_first = app.event(&event_id).await;
     assert_eq!(after_first["status"], "pending");
@@ -110,14 +111,18 @@ async fn server_errors_are_retried_with_backoff_until_success() {
         after_first["last_error"].as_str().unwrap().contains("503"),
         "{after_first}"
     );
-    // The backoff keeps it from being claimed at once.
+    // The backoff keeps it from being claimed at once: the first retry waits
+    // the base delay (10 ms in tests) less at most 20 % jitter.
     let run_at: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT run_at FROM events WHERE id = $1::uuid")
             .bind(&event_id)
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert!(run_at > chrono::Utc::now() - chrono::Duration::milliseconds(5));
+    assert!(
+        run_at >= before + chrono::Duration::milliseconds(7),
+        "run_at {run_at} is not a backoff after {before}"
+    );
 
     app.make_runnable(&event_id).await;
     app.run_claimer_once().await;
