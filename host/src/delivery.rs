@@ -147,9 +147,14 @@ impl Deliverer {
                 )));
             }
         }
+        // Not loaded *here*: another replica may have it (types are loaded
+        // per replica), or an operator may load it again. A retryable attempt
+        // leaves the event for them and ends `failed`, visible and retryable,
+        // rather than silently cancelled. (Unloading a type cancels its
+        // pending events on purpose.)
         let Some(plugin) = self.registry.get(&event.event_type) else {
-            return Ok(Some(format!(
-                "event type {} is not loaded",
+            return Err(AttemptError::retryable(format!(
+                "event type {} is not loaded on this host",
                 event.event_type
             )));
         };

@@ -498,3 +498,44 @@ async fn two_replicas_scheduling_one_type_at_once_write_one_event_per_user() {
         .unwrap();
     assert_eq!(again, 0);
 }
+
+#[tokio::test]
+async fn a_replica_without_the_type_leaves_its_events_to_one_that_has_it() {
+    // Replica A has anniversary (uploaded there); replica B, on the same
+    // database, has only birthday.
+    let a = spawn_app().await;
+    assert_eq!(
+        a.put_type("anniversary", "", plugin_bytes("kairos-anniversary"))
+            .await
+            .status(),
+        201
+    );
+    let user = a.create_user(&ada()).await;
+    let events = a.events_of(user["id"].as_str().unwrap()).await;
+    let event = events_of_type(&events, "anniversary")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.make_due(&event).await;
+
+    let mut settings = a.settings.clone();
+    settings.data_dir = settings.data_dir.with_extension("replica-b");
+    let b = spawn_app_on(settings, a.receiver.clone()).await;
+    assert!(b.registry.get("anniversary").is_none());
+    b.run_claimer_once().await;
+    let after_b = a.event(&event).await;
+    assert_eq!(after_b["status"], "pending", "not cancelled: {after_b}");
+    assert!(
+        after_b["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not loaded on this host")
+    );
+    assert!(a.receiver.received().is_empty());
+
+    a.make_runnable(&event).await;
+    a.run_claimer_once().await;
+    let received = a.receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(received[0].body["event_type"], "anniversary");
+    assert_eq!(a.event(&event).await["status"], "delivered");
+}
