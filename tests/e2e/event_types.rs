@@ -2,7 +2,7 @@
 //! directory, persistence and the compiled-component cache.
 
 use crate::helpers::{
-    ADMIN_TOKEN, ada, eventually, plugin_bytes, spawn_app, spawn_app_on, spawn_app_with,
+    ADMIN_TOKEN, TestApp, ada, eventually, plugin_bytes, spawn_app, spawn_app_on, spawn_app_with,
 };
 use kairos::plugin::{Compiled, LoadedPlugin, PluginLimits, PluginRuntime, PluginSource};
 use kairos::scheduler;
@@ -19,6 +19,20 @@ fn events_of_type<'a>(events: &'a [Value], event_type: &str) -> Vec<&'a Value> {
         .iter()
         .filter(|e| e["event_type"] == event_type)
         .collect()
+}
+
+/// The one pending event of `event_type` for the user, after every
+/// scheduling pass has finished.
+async fn the_pending(app: &TestApp, user_id: &str, event_type: &str) -> Value {
+    app.event_types.settle().await;
+    let events = app.events_of(user_id).await;
+    let pending = pending_of_type(&events, event_type);
+    assert_eq!(pending.len(), 1, "{events:?}");
+    pending[0].clone()
+}
+
+fn occurrence_of(event: &Value) -> &str {
+    event["occurrence"].as_str().unwrap()
 }
 
 fn urlencode(text: &str) -> String {
@@ -152,28 +166,18 @@ async fn a_replaced_type_recomputes_pending_events_and_an_unloaded_one_cancels_t
         app.put_type("anniversary", "", wasm.clone()).await.status(),
         201
     );
-    app.event_types.settle().await;
-    let first = app.events_of(id).await;
-    let first = events_of_type(&first, "anniversary")[0].clone();
-    assert!(first["occurrence"].as_str().unwrap().ends_with("T09:00:00"));
+    let first = the_pending(&app, id, "anniversary").await;
+    assert!(occurrence_of(&first).ends_with("T09:00:00"));
 
     // Same component, new config: a replacement (200) that moves the event.
     let response = app
         .put_type("anniversary", "?config.send_at=18:00", wasm.clone())
         .await;
     assert_eq!(response.status(), 200);
-    app.event_types.settle().await;
+    let moved = the_pending(&app, id, "anniversary").await;
+    assert!(occurrence_of(&moved).ends_with("T18:00:00"));
     let events = app.events_of(id).await;
-    let anniversary = events_of_type(&events, "anniversary");
-    let pending = pending_of_type(&events, "anniversary");
-    assert_eq!(pending.len(), 1, "{events:?}");
-    assert!(
-        pending[0]["occurrence"]
-            .as_str()
-            .unwrap()
-            .ends_with("T18:00:00")
-    );
-    let old = anniversary.iter().find(|e| e["id"] == first["id"]).unwrap();
+    let old = events.iter().find(|e| e["id"] == first["id"]).unwrap();
     assert_eq!(old["status"], "cancelled");
 
     // Unload: pending events cancelled, the upload forgotten.
@@ -198,13 +202,7 @@ async fn a_replaced_type_recomputes_pending_events_and_an_unloaded_one_cancels_t
 
     // Loaded again: scheduled afresh, cancelled events do not block it.
     assert_eq!(app.put_type("anniversary", "", wasm).await.status(), 201);
-    app.event_types.settle().await;
-    let events = app.events_of(id).await;
-    assert_eq!(
-        pending_of_type(&events, "anniversary").len(),
-        1,
-        "{events:?}"
-    );
+    the_pending(&app, id, "anniversary").await;
 }
 
 #[tokio::test]
@@ -388,16 +386,8 @@ async fn the_watched_directory_loads_replaces_and_unloads_types() {
         app.registry.get("anniversary").is_some()
     })
     .await;
-    app.event_types.settle().await;
-    let events = app.events_of(&id).await;
-    let scheduled = events_of_type(&events, "anniversary");
-    assert_eq!(scheduled.len(), 1, "{events:?}");
-    assert!(
-        scheduled[0]["occurrence"]
-            .as_str()
-            .unwrap()
-            .ends_with("T09:00:00")
-    );
+    let scheduled = the_pending(&app, &id, "anniversary").await;
+    assert!(occurrence_of(&scheduled).ends_with("T09:00:00"));
 
     // Editing NAME.toml alone reloads the type with the new config.
     std::fs::write(
@@ -411,16 +401,8 @@ async fn the_watched_directory_loads_replaces_and_unloads_types() {
             .is_some_and(|p| p.config.get("send_at").map(String::as_str) == Some("11:45"))
     })
     .await;
-    app.event_types.settle().await;
-    let events = app.events_of(&id).await;
-    let pending = pending_of_type(&events, "anniversary");
-    assert_eq!(pending.len(), 1, "{events:?}");
-    assert!(
-        pending[0]["occurrence"]
-            .as_str()
-            .unwrap()
-            .ends_with("T11:45:00")
-    );
+    let pending = the_pending(&app, &id, "anniversary").await;
+    assert!(occurrence_of(&pending).ends_with("T11:45:00"));
 
     // Removing NAME.wasm unloads it and cancels its pending events.
     std::fs::remove_file(dir.join("anniversary.wasm")).unwrap();

@@ -1,7 +1,7 @@
 //! The WIT glue: records in, calendar logic, records out.
 
 use crate::{DATE_NAME, message, years_since};
-use kairos_calendar::{self as calendar, Date, DateTime, Settings};
+use kairos_calendar::{self as calendar, Date, Settings};
 
 wit_bindgen::generate!({
     world: "event-plugin",
@@ -31,23 +31,26 @@ impl Guest for Anniversary {
         after: LocalDatetime,
         config: Config,
     ) -> Result<Option<LocalDatetime>, String> {
-        let settings = Settings::from_config(&config)?;
         let date = anniversary_date(&subject)?;
-        let after = DateTime {
-            date: Date::new(after.year, after.month, after.day),
-            hour: after.hour,
-            minute: after.minute,
-            second: after.second,
-        };
+        let after = (
+            after.year,
+            after.month,
+            after.day,
+            after.hour,
+            after.minute,
+            after.second,
+        );
         Ok(
-            calendar::next_anniversary_of(date, after, &settings).map(|next| LocalDatetime {
-                year: next.date.year,
-                month: next.date.month,
-                day: next.date.day,
-                hour: next.hour,
-                minute: next.minute,
-                second: next.second,
-            }),
+            calendar::next_occurrence((date.year, date.month, date.day), after, &config)?.map(
+                |(year, month, day, hour, minute, second)| LocalDatetime {
+                    year,
+                    month,
+                    day,
+                    hour,
+                    minute,
+                    second,
+                },
+            ),
         )
     }
 

@@ -125,6 +125,40 @@ pub fn next_anniversary_of(
         .find(|candidate| *candidate > after)
 }
 
+/// A wall time as a plain tuple `(year, month, day, hour, minute, second)`:
+/// what each plugin's WIT glue converts its `local-datetime` to and from.
+pub type WallTime = (i32, u8, u8, u8, u8, u8);
+
+/// `next-occurrence` for a yearly type, on plain values: the first
+/// recurrence of `date` (year, month, day) at the configured `send_at`
+/// strictly after `after`. Config errors name the key.
+pub fn next_occurrence(
+    date: (i32, u8, u8),
+    after: WallTime,
+    config: &[(String, String)],
+) -> Result<Option<WallTime>, String> {
+    let settings = Settings::from_config(config)?;
+    let (y, mo, d, h, mi, s) = after;
+    let after = DateTime {
+        date: Date::new(y, mo, d),
+        hour: h,
+        minute: mi,
+        second: s,
+    };
+    Ok(
+        next_anniversary_of(Date::new(date.0, date.1, date.2), after, &settings).map(|next| {
+            (
+                next.date.year,
+                next.date.month,
+                next.date.day,
+                next.hour,
+                next.minute,
+                next.second,
+            )
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,5 +266,20 @@ mod tests {
     fn leap_years_follow_the_gregorian_rule() {
         assert!(is_leap_year(2000) && is_leap_year(2024));
         assert!(!is_leap_year(1900) && !is_leap_year(2026));
+    }
+
+    #[test]
+    fn next_occurrence_on_plain_values_reads_the_config() {
+        let config = [("send_at".to_string(), "07:45".to_string())];
+        assert_eq!(
+            next_occurrence((1815, 12, 10), (2026, 11, 22, 10, 0, 0), &config),
+            Ok(Some((2026, 12, 10, 7, 45, 0)))
+        );
+        let bad = [("leap_day".to_string(), "feb30".to_string())];
+        assert!(
+            next_occurrence((2000, 2, 29), (2027, 1, 1, 0, 0, 0), &bad)
+                .unwrap_err()
+                .contains("leap_day")
+        );
     }
 }
