@@ -63,7 +63,10 @@ async fn event_types_lists_each_loaded_type_with_its_description_and_health() {
     assert_eq!(birthday["version"], "0.1.0");
     assert_eq!(birthday["dates"], json!(["birthday"]));
     assert_eq!(birthday["sha256"].as_str().unwrap().len(), 64);
-    assert_eq!(birthday["source"]["kind"], "directory");
+    assert_eq!(
+        birthday["source"],
+        json!({"kind": "directory", "file": "birthday.wasm"})
+    );
     assert_eq!(birthday["health"]["status"], "ok");
     assert!(birthday["loaded_at"].is_string());
     assert_eq!(birthday["config"], json!({}));

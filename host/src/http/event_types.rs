@@ -4,7 +4,7 @@
 use super::AppState;
 use super::error::ApiError;
 use crate::event_types::{Change, UploadError};
-use crate::plugin::{LoadedPlugin, PluginConfig, PluginFile, valid_type_name};
+use crate::plugin::{LoadedPlugin, PluginConfig, PluginFile, PluginSource, valid_type_name};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -43,7 +43,9 @@ pub fn describe(plugin: &LoadedPlugin) -> Value {
         "loaded_at": plugin.loaded_at,
         "config": plugin.config,
         "webhook_url": plugin.webhook_url,
-        "source": plugin.source,
+        // Kind and file name only: the unauthenticated list does not show
+        // the host's directory layout.
+        "source": source(&plugin.source),
         "health": {
             "status": if health.failing() { "failing" } else { "ok" },
             "calls": health.calls.load(Ordering::Relaxed),
@@ -53,6 +55,18 @@ pub fn describe(plugin: &LoadedPlugin) -> Value {
             "recent_failures": recent_failures,
             "last_error": *health.last_error.lock().unwrap_or_else(|e| e.into_inner()),
         },
+    })
+}
+
+fn source(source: &PluginSource) -> Value {
+    let (kind, path) = match source {
+        PluginSource::Directory(p) => ("directory", p),
+        PluginSource::Upload(p) => ("upload", p),
+        PluginSource::File(p) => ("file", p),
+    };
+    json!({
+        "kind": kind,
+        "file": path.file_name().map(|f| f.to_string_lossy()),
     })
 }
 
