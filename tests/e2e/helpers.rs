@@ -57,13 +57,11 @@ extern "C" fn stop_cluster() {
 fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         std::thread::spawn(|| {
-            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-postgres");
-            if dir.join("postgres/data/PG_VERSION").exists() {
-                // A previous run that died may have left it running.
-                if let Ok(mut old) = EmbeddedPostgres::start(&dir.join("postgres")) {
-                    let _ = old.stop();
-                }
-            }
+            let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+            remove_stale_clusters(&tmp);
+            // One cluster per test process: two test runs at once (another
+            // worktree sharing this target directory) each keep their own.
+            let dir = tmp.join(format!("test-postgres-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             let pg = EmbeddedPostgres::start(&dir.join("postgres"))
                 .expect("start the test PostgreSQL cluster");
@@ -94,6 +92,34 @@ fn cluster() -> &'static Cluster {
         .join()
         .expect("cluster set-up")
     })
+}
+
+/// Stops and removes the clusters of test processes that are gone (a run
+/// that died leaves its cluster running).
+fn remove_stale_clusters(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("test-postgres"))
+            .map(|rest| rest.trim_start_matches('-'))
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let dir = entry.path();
+        if dir.join("postgres/data/PG_VERSION").exists()
+            && let Ok(mut old) = EmbeddedPostgres::start(&dir.join("postgres"))
+        {
+            let _ = old.stop();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// A fresh, migrated database of the test cluster.
