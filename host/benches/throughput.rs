@@ -205,23 +205,28 @@ async fn deliver_all(
     )
     .execute(&pool)
     .await?;
-    // Birthday has been scheduled for everyone before (the steady state of a
-    // running deployment): the host skips the start-up scheduling pass, and
-    // the figure is deliveries alone.
-    let sha256 = {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(std::fs::read(plugin_dir.join("birthday.wasm"))?);
-        digest
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    sqlx::query(
-        "INSERT INTO event_type_passes (event_type, sha256, config) VALUES ('birthday', $1, '{}')",
-    )
-    .bind(sha256)
-    .execute(&pool)
-    .await?;
+    // Without --with-pass, birthday has been scheduled for everyone before
+    // (the steady state of a running deployment): the host skips the start-up
+    // scheduling pass, and the figure is deliveries alone. With it, nothing
+    // is recorded, so the host's start-up pass walks every user while the
+    // deliveries run.
+    if !with_pass {
+        let sha256 = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(std::fs::read(plugin_dir.join("birthday.wasm"))?);
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        sqlx::query(
+            "INSERT INTO event_type_passes (event_type, sha256, config, completed_at) \
+             VALUES ('birthday', $1, '{}', now())",
+        )
+        .bind(sha256)
+        .execute(&pool)
+        .await?;
+    }
     println!(
         "\ndelivery: {events} due events seeded in {:.1} s",
         seeded.elapsed().as_secs_f64()
@@ -296,6 +301,18 @@ async fn deliver_all(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
+    let pass_finished_within = if with_pass {
+        // The pass must really have run, over every user, during the run.
+        let finished: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "SELECT completed_at FROM event_type_passes WHERE event_type = 'birthday'",
+        )
+        .fetch_optional(&pool)
+        .await?
+        .flatten();
+        Some(finished)
+    } else {
+        None
+    };
     let _ = stop.send(());
     host.await??;
 
@@ -315,9 +332,18 @@ async fn deliver_all(
         "{planned} next occurrences planned for {events} deliveries"
     );
     println!(
-        "  {events} delivered (each: claim, format-message, signed POST, complete + plan next) in {:.2} s = {:.0} deliveries/s",
+        "  {events} delivered (each: claim, format-message, signed POST, plan next, complete) in {:.2} s = {:.0} deliveries/s",
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64()
     );
+    match pass_finished_within {
+        None => {}
+        Some(Some(at)) => println!(
+            "  birthday's scheduling pass over all {events} users ran alongside and finished at {at}"
+        ),
+        Some(None) => println!(
+            "  birthday's scheduling pass over all {events} users was still running when the last event was delivered"
+        ),
+    }
     Ok(())
 }

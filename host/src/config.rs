@@ -98,9 +98,21 @@ pub struct Settings {
     /// `whsec_<base64>`: signs webhooks (Standard Webhooks) when set.
     #[arg(long, env = "KAIROS_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
-    /// Bearer token for the admin API.
+    /// Bearer token for the admin routes (it is accepted on client routes too).
     #[arg(long, env = "KAIROS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Bearer tokens for the client routes, comma-separated. Without any,
+    /// client routes are open, which is allowed only on a loopback bind.
+    #[arg(long, env = "KAIROS_API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<String>,
+    /// CIDRs webhooks may go to although they are private, link-local or
+    /// otherwise special (comma-separated; `none` for none).
+    #[arg(
+        long,
+        env = "KAIROS_WEBHOOK_ALLOW",
+        default_value = "127.0.0.0/8,::1/128"
+    )]
+    pub webhook_allow: String,
     /// Delivery attempts before an event is `failed`.
     #[arg(long, env = "KAIROS_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
@@ -155,6 +167,10 @@ pub struct Settings {
     /// Quiet time after the last change in the plugin directory before it is read.
     #[arg(long, env = "KAIROS_WATCH_DEBOUNCE", default_value = "300ms", value_parser = parse_duration)]
     pub watch_debounce: Duration,
+    /// How often a replica plans again what could not be planned before
+    /// (a plugin failed, or the type was not loaded where a user changed).
+    #[arg(long, env = "KAIROS_REPLAN_EVERY", default_value = "1s", value_parser = parse_duration)]
+    pub replan_every: Duration,
     /// Users per transaction when a loaded type is scheduled for everyone.
     #[arg(long, env = "KAIROS_SCHEDULE_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub schedule_batch: u32,
@@ -187,6 +203,7 @@ impl Settings {
             &mut self.webhook_url,
             &mut self.webhook_secret,
             &mut self.admin_token,
+            &mut self.api_tokens,
         ] {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
                 *value = None;
@@ -197,11 +214,21 @@ impl Settings {
 
     /// Checks what clap cannot: relations between settings and secret syntax.
     pub fn validate(&self) -> anyhow::Result<()> {
+        // A delivery formats (one plugin call), sends, and plans the next
+        // occurrence (another): all of it must end inside the lease.
         anyhow::ensure!(
-            self.http_timeout < self.lease,
-            "KAIROS_HTTP_TIMEOUT ({}) must be shorter than KAIROS_LEASE ({})",
+            self.http_timeout + 2 * self.plugin_deadline < self.lease,
+            "KAIROS_HTTP_TIMEOUT ({}) plus twice KAIROS_PLUGIN_DEADLINE ({}) must be shorter than KAIROS_LEASE ({})",
             humantime::format_duration(self.http_timeout),
+            humantime::format_duration(self.plugin_deadline),
             humantime::format_duration(self.lease)
+        );
+        anyhow::ensure!(
+            self.has_api_tokens() || self.bind.ip().is_loopback(),
+            "KAIROS_API_TOKENS is required when KAIROS_BIND ({}) is not a loopback address: \
+             without it anyone who reaches the port could read and change every user \
+             (set KAIROS_API_TOKENS to one or more comma-separated tokens)",
+            self.bind
         );
         anyhow::ensure!(
             self.retry_base <= self.retry_max,
@@ -215,6 +242,13 @@ impl Settings {
             reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("KAIROS_WEBHOOK_URL: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Whether `KAIROS_API_TOKENS` holds at least one token.
+    pub fn has_api_tokens(&self) -> bool {
+        self.api_tokens
+            .as_deref()
+            .is_some_and(|t| t.split(',').any(|t| !t.trim().is_empty()))
     }
 
     pub fn plugin_limits(&self) -> PluginLimits {
@@ -295,13 +329,42 @@ mod tests {
     }
 
     #[test]
-    fn a_timeout_not_shorter_than_the_lease_is_refused() {
-        let s = Settings::from_args(["kairos", "--lease", "10s", "--http-timeout", "10s"]).unwrap();
-        assert!(
-            s.validate()
+    fn a_delivery_that_could_outlast_the_lease_is_refused() {
+        let s = Settings::from_args(["kairos", "--lease", "10s", "--http-timeout", "9s"]).unwrap();
+        let error = s.validate().unwrap_err().to_string();
+        assert!(error.contains("KAIROS_HTTP_TIMEOUT"), "{error}");
+        assert!(error.contains("KAIROS_PLUGIN_DEADLINE"), "{error}");
+        let s = Settings::from_args(["kairos", "--lease", "10s", "--http-timeout", "8s"]).unwrap();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn client_routes_need_tokens_unless_the_bind_is_loopback() {
+        for bind in ["127.0.0.1:8080", "[::1]:8080"] {
+            Settings::from_args(["kairos", "--bind", bind])
+                .unwrap()
+                .validate()
+                .unwrap();
+        }
+        for bind in ["0.0.0.0:8080", "10.1.2.3:8080", "[::]:8080"] {
+            let error = Settings::from_args(["kairos", "--bind", bind, "--admin-token", "a"])
+                .unwrap()
+                .validate()
                 .unwrap_err()
-                .to_string()
-                .contains("KAIROS_HTTP_TIMEOUT")
-        );
+                .to_string();
+            assert!(error.contains("KAIROS_API_TOKENS"), "{bind}: {error}");
+        }
+        Settings::from_args(["kairos", "--bind", "0.0.0.0:8080", "--api-tokens", "t1,t2"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        // An empty value (`KAIROS_API_TOKENS=` in a compose file) is no token.
+        for empty in [" ", ",", " , "] {
+            let s =
+                Settings::from_args(["kairos", "--bind", "0.0.0.0:8080", "--api-tokens", empty])
+                    .unwrap()
+                    .without_empty_values();
+            assert!(s.validate().is_err(), "{empty:?}");
+        }
     }
 }

@@ -1,20 +1,17 @@
 //! Delivery: format the message with the event's plugin, POST it as a signed
-//! webhook, decide the outcome (delivered, retry later, failed), and record a
-//! batch of outcomes with each finished event's next occurrence in one
-//! transaction.
+//! webhook, decide the outcome (delivered, retry later, failed), and for an
+//! occurrence that is over, plan its successor, so that recording a batch of
+//! outcomes (`lease::complete`) runs no plugin.
 
-use crate::claimer::ClaimedEvent;
-use crate::plugin::Registry;
-use crate::scheduler::{self, PlannedEvent};
+use crate::lease::{ClaimedEvent, Completion, DeliveryOutcome, Successor};
+use crate::plugin::{LoadedPlugin, Registry};
 use crate::store::{self, User, format_local};
-use crate::{metrics, signing};
-use chrono::{DateTime, Utc};
+use crate::{metrics, scheduler, signing};
+use chrono::Utc;
 use rand::{Rng, RngExt};
 use sqlx::PgPool;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// Capped exponential backoff with ±20 % jitter:
 /// `min(max, base · 2^(n−1))` after the n-th failed attempt.
@@ -51,30 +48,6 @@ pub struct DeliverySettings {
     pub retry: RetryPolicy,
     /// Events due longer ago than this are failed rather than sent late.
     pub max_lateness: Option<Duration>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeliveryOutcome {
-    Delivered,
-    /// A retryable failure with attempts left: pending again at `run_at`.
-    Retry {
-        error: String,
-        run_at: DateTime<Utc>,
-    },
-    /// Given up: a non-retryable failure or attempts exhausted.
-    Failed {
-        error: String,
-    },
-    /// Nothing to deliver to any more (user deleted, type unloaded).
-    Cancelled {
-        reason: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct Completion {
-    pub event: ClaimedEvent,
-    pub outcome: DeliveryOutcome,
 }
 
 /// Everything a delivery needs, shared by all of them.
@@ -121,22 +94,66 @@ impl Deliverer {
         }
     }
 
-    /// Makes one delivery attempt for a claimed event.
+    /// Makes one delivery attempt for a claimed event and, when its
+    /// occurrence is over, plans the next one.
     pub async fn deliver(&self, event: ClaimedEvent) -> Completion {
-        let outcome = match self.attempt(&event).await {
+        metrics::delivery_attempt();
+        // Unloaded here since the claim: give it back for a replica that has it.
+        let Some(plugin) = self.registry.get(&event.event_type) else {
+            return Completion {
+                event,
+                outcome: DeliveryOutcome::Released,
+                successor: Successor::NotNeeded,
+            };
+        };
+        let user = match store::get_user(&self.pool, event.user_id).await {
+            Ok(Some(user)) => user,
             Ok(None) => {
+                return Completion {
+                    event,
+                    outcome: DeliveryOutcome::Cancelled {
+                        reason: "user deleted".into(),
+                    },
+                    successor: Successor::NotNeeded,
+                };
+            }
+            Err(error) => {
+                let outcome = self.after_failure(
+                    &event,
+                    AttemptError::retryable(format!("database: {error}")),
+                );
+                return Completion {
+                    event,
+                    outcome,
+                    successor: Successor::NotNeeded,
+                };
+            }
+        };
+        let outcome = match self.attempt(&event, &plugin, &user).await {
+            Ok(()) => {
                 metrics::delivered();
                 DeliveryOutcome::Delivered
             }
-            Ok(Some(reason)) => DeliveryOutcome::Cancelled { reason },
             Err(error) => self.after_failure(&event, error),
         };
-        Completion { event, outcome }
+        let successor = if outcome.finishes_occurrence() {
+            plan_successor(plugin, user, &event).await
+        } else {
+            Successor::NotNeeded
+        };
+        Completion {
+            event,
+            outcome,
+            successor,
+        }
     }
 
-    /// `Ok(None)`: delivered; `Ok(Some(reason))`: nothing to deliver to.
-    async fn attempt(&self, event: &ClaimedEvent) -> Result<Option<String>, AttemptError> {
-        metrics::delivery_attempt();
+    async fn attempt(
+        &self,
+        event: &ClaimedEvent,
+        plugin: &Arc<LoadedPlugin>,
+        user: &User,
+    ) -> Result<(), AttemptError> {
         if let Some(max) = self.settings.max_lateness {
             let late = (Utc::now() - event.due_at).to_std().unwrap_or_default();
             if late > max {
@@ -147,27 +164,10 @@ impl Deliverer {
                 )));
             }
         }
-        // Not loaded *here*: another replica may have it (types are loaded
-        // per replica), or an operator may load it again. A retryable attempt
-        // leaves the event for them and ends `failed`, visible and retryable,
-        // rather than silently cancelled. (Unloading a type cancels its
-        // pending events on purpose.)
-        let Some(plugin) = self.registry.get(&event.event_type) else {
-            return Err(AttemptError::retryable(format!(
-                "event type {} is not loaded on this host",
-                event.event_type
-            )));
-        };
-        let Some(user) = store::get_user(&self.pool, event.user_id)
-            .await
-            .map_err(|e| AttemptError::retryable(format!("database: {e}")))?
-        else {
-            return Ok(Some("user deleted".into()));
-        };
         let occurrence = event.occurrence;
-        let plugin_for_call = plugin.clone();
+        let (plugin_for_call, subject) = (plugin.clone(), user.subject());
         let text = tokio::task::spawn_blocking(move || {
-            plugin_for_call.format_message(&user.subject(), occurrence)
+            plugin_for_call.format_message(&subject, occurrence)
         })
         .await
         .map_err(|e| AttemptError::retryable(format!("trap: {e}")))?
@@ -216,7 +216,7 @@ impl Deliverer {
             .map_err(|e| AttemptError::retryable(describe_reqwest_error(&e)))?;
         let status = response.status();
         if status.is_success() {
-            return Ok(None);
+            return Ok(());
         }
         let snippet = response_snippet(response).await;
         let message = format!("HTTP {status}{snippet}");
@@ -243,146 +243,35 @@ impl Deliverer {
             }
         }
     }
-
-    /// Records outcomes where this host still holds the lease (a lost lease
-    /// drops the result), and in the same transaction generates the next
-    /// occurrence of every event that finished.
-    pub async fn complete(&self, completions: Vec<Completion>) -> anyhow::Result<()> {
-        if completions.is_empty() {
-            return Ok(());
-        }
-        // A deadlock with a concurrent transaction (say a scheduling pass
-        // inserting the same next occurrences) rolls the whole batch back;
-        // the same batch tried again goes through.
-        let mut tries = 0;
-        loop {
-            match self.complete_once(&completions).await {
-                Err(error)
-                    if tries < 4
-                        && error
-                            .downcast_ref::<sqlx::Error>()
-                            .is_some_and(store::is_transient) =>
-                {
-                    tries += 1;
-                    tracing::debug!(%error, tries, "recording outcomes collided with another transaction; trying again");
-                }
-                result => return result,
-            }
-        }
-    }
-
-    async fn complete_once(&self, completions: &[Completion]) -> anyhow::Result<()> {
-        let mut ids = Vec::with_capacity(completions.len());
-        let mut leases = Vec::with_capacity(completions.len());
-        let mut statuses = Vec::with_capacity(completions.len());
-        let mut errors: Vec<Option<&str>> = Vec::with_capacity(completions.len());
-        let mut run_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(completions.len());
-        for c in completions {
-            ids.push(c.event.id);
-            leases.push(c.event.lease_id);
-            let (status, error, run_at) = match &c.outcome {
-                DeliveryOutcome::Delivered => ("delivered", None, None),
-                DeliveryOutcome::Retry { error, run_at } => {
-                    ("pending", Some(error.as_str()), Some(*run_at))
-                }
-                DeliveryOutcome::Failed { error } => ("failed", Some(error.as_str()), None),
-                DeliveryOutcome::Cancelled { reason } => ("cancelled", Some(reason.as_str()), None),
-            };
-            statuses.push(status);
-            errors.push(error);
-            run_ats.push(run_at);
-        }
-
-        let mut tx = self.pool.begin().await?;
-        let finished_users: Vec<Uuid> = completions
-            .iter()
-            .filter(|c| {
-                matches!(
-                    c.outcome,
-                    DeliveryOutcome::Delivered | DeliveryOutcome::Failed { .. }
-                )
-            })
-            .map(|c| c.event.user_id)
-            .collect();
-        let users = store::lock_users(&mut tx, &finished_users).await?;
-
-        let applied: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE events e SET status = c.status, \
-                 last_error = CASE WHEN c.status = 'delivered' THEN e.last_error ELSE c.error END, \
-                 run_at = coalesce(c.run_at, e.run_at), \
-                 delivered_at = CASE WHEN c.status = 'delivered' THEN now() END, \
-                 lease_id = NULL, lease_until = NULL, updated_at = now() \
-             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) \
-                  AS c(id, lease_id, status, error, run_at) \
-             WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
-             RETURNING e.id",
-        )
-        .bind(&ids)
-        .bind(&leases)
-        .bind(&statuses)
-        .bind(&errors)
-        .bind(&run_ats)
-        .fetch_all(&mut *tx)
-        .await?;
-        if applied.len() < completions.len() {
-            tracing::warn!(
-                lost = completions.len() - applied.len(),
-                "dropped outcomes of events whose lease this host no longer holds"
-            );
-        }
-
-        let applied: std::collections::HashSet<Uuid> = applied.into_iter().collect();
-        let finished: Vec<ClaimedEvent> = completions
-            .iter()
-            .filter(|c| applied.contains(&c.event.id))
-            .filter(|c| {
-                matches!(
-                    c.outcome,
-                    DeliveryOutcome::Delivered | DeliveryOutcome::Failed { .. }
-                )
-            })
-            .map(|c| c.event.clone())
-            .collect();
-        if !finished.is_empty() {
-            let registry = self.registry.clone();
-            let plans =
-                tokio::task::spawn_blocking(move || plan_following(&registry, &finished, users))
-                    .await?;
-            store::insert_planned(&mut tx, &plans).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
 }
 
-/// The occurrence after each finished one: after the later of the finished
+/// The occurrence after a finished one: after the later of the finished
 /// occurrence and the user's local time now, so a long outage does not replay
-/// years of stale occurrences.
-fn plan_following(
-    registry: &Registry,
-    finished: &[ClaimedEvent],
-    users: Vec<User>,
-) -> Vec<PlannedEvent> {
-    let users: HashMap<Uuid, User> = users.into_iter().map(|u| (u.id, u)).collect();
-    let now = Utc::now();
-    finished
-        .iter()
-        .filter_map(|event| {
-            let user = users.get(&event.user_id)?;
-            let plugin = registry.get(&event.event_type)?;
-            let subject = user.subject();
-            let tz = scheduler::parse_tz(&subject.timezone)?;
-            let after = event.occurrence.max(scheduler::utc_to_local(now, tz));
-            match scheduler::plan_next(&plugin, &subject, after) {
-                Ok(plan) => plan,
-                Err(error) => {
-                    metrics::plugin_failure(plugin.name());
-                    tracing::warn!(event_type = plugin.name(), user_id = %user.id, %error, "generating the next occurrence failed");
-                    None
-                }
+/// years of stale occurrences. Runs under the plugin's deadline, so a
+/// delivery stays bounded by deadline + HTTP timeout + deadline.
+async fn plan_successor(plugin: Arc<LoadedPlugin>, user: User, event: &ClaimedEvent) -> Successor {
+    let finished = event.occurrence;
+    let user_version = user.updated_at;
+    let planned = tokio::task::spawn_blocking(move || {
+        let subject = user.subject();
+        let tz = scheduler::parse_tz(&subject.timezone)?;
+        let after = finished.max(scheduler::utc_to_local(Utc::now(), tz));
+        Some(scheduler::plan_next(&plugin, &subject, after))
+    })
+    .await;
+    match planned {
+        Ok(Some(Ok(Some(plan)))) => Successor::Planned { plan, user_version },
+        Ok(Some(Ok(None)) | None) => Successor::End,
+        Ok(Some(Err(error))) => {
+            metrics::plugin_failure(&event.event_type);
+            Successor::Replan {
+                reason: error.to_string(),
             }
-        })
-        .collect()
+        }
+        Err(error) => Successor::Replan {
+            reason: format!("planning task failed: {error}"),
+        },
+    }
 }
 
 fn describe_reqwest_error(e: &reqwest::Error) -> String {

@@ -2,11 +2,13 @@
 //! WebAssembly components.
 //!
 //! A request arrives in `http`, is stored by `store`, and `scheduler` asks
-//! each `plugin` for the next occurrence and writes it as a pending event.
-//! The `claimer` takes due events and `delivery` sends them as signed
+//! each `plugin` for the next occurrence and writes it as a pending event;
+//! what a plugin could not plan waits in `replan` until it is. The `claimer`
+//! takes due events under a `lease` and `delivery` sends them as signed
 //! (`signing`) webhooks. `event_types` loads, replaces and unloads types in
 //! a running host; `plugin_kit` is `kairos plugin check|new`. `startup` wires
-//! it all; `embedded_pg` is the default database.
+//! it all and `supervisor` keeps its loops running; `embedded_pg` is the
+//! default database.
 
 pub mod claimer;
 pub mod config;
@@ -14,11 +16,14 @@ pub mod delivery;
 pub mod embedded_pg;
 pub mod event_types;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod plugin;
 pub mod plugin_kit;
+pub mod replan;
 pub mod scheduler;
 pub mod signing;
 pub mod startup;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;

@@ -24,17 +24,23 @@ pub fn delivery_failed() {
     FAILED.fetch_add(1, Ordering::Relaxed);
 }
 pub fn plugin_failure(event_type: &str) {
-    *PLUGIN_FAILURES
-        .lock()
-        .unwrap()
-        .entry(event_type.to_string())
-        .or_default() += 1;
+    plugin_failures(event_type, 1);
+}
+pub fn plugin_failures(event_type: &str, n: u64) {
+    if n > 0 {
+        *PLUGIN_FAILURES
+            .lock()
+            .unwrap()
+            .entry(event_type.to_string())
+            .or_default() += n;
+    }
 }
 
 /// The counters plus gauges read at scrape time.
 pub fn render<'a>(
     loaded: impl IntoIterator<Item = &'a crate::plugin::LoadedPlugin>,
     pending_events: i64,
+    unplanned: &BTreeMap<String, i64>,
 ) -> String {
     let loaded: Vec<_> = loaded.into_iter().collect();
     let mut out = String::new();
@@ -115,6 +121,16 @@ pub fn render<'a>(
                 read(&plugin.health)
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kairos_unplanned (user, event type) pairs waiting to be planned again: the plugin failed, or the type is not loaded where the user changed.\n# TYPE kairos_unplanned gauge"
+    );
+    for (event_type, count) in unplanned {
+        let _ = writeln!(
+            out,
+            "kairos_unplanned{{event_type=\"{event_type}\"}} {count}"
+        );
     }
     let _ = writeln!(
         out,

@@ -1,23 +1,18 @@
 //! Generation: ask each event type for a user's next occurrence in local wall
-//! time, turn it into a UTC due time, and write it as a pending event.
+//! time, turn it into a UTC due time, and write it as a pending event. What a
+//! plugin could not plan is recorded to plan again (`replan`), never dropped.
 
 use crate::plugin::{LoadedPlugin, PluginError, Subject};
+use crate::replan::{self, Replan};
 use crate::store;
 use chrono::{DateTime, Duration, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// An occurrence ready to be written as a pending event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedEvent {
-    pub user_id: Uuid,
-    pub event_type: String,
-    pub occurrence: NaiveDateTime,
-    pub timezone: String,
-    pub due_at: DateTime<Utc>,
-}
+pub use crate::store::PlannedEvent;
 
 /// The UTC instant of a local wall time in `tz`. A time inside a DST gap moves
 /// forward by the length of the gap; an ambiguous time takes the earlier instant.
@@ -68,57 +63,195 @@ pub fn plan_next(
         }))
 }
 
-/// Plans the next occurrence of every type in `plugins` for `subject`, after
-/// the subject's local time at `now`. A plugin failure skips that type and is
-/// logged: the user is still saved.
-pub fn plan_for_subject<'a>(
-    plugins: impl IntoIterator<Item = &'a std::sync::Arc<LoadedPlugin>>,
+/// The next occurrence after the subject's local time at `now`.
+pub fn plan_next_after_now(
+    plugin: &LoadedPlugin,
     subject: &Subject,
     now: DateTime<Utc>,
-) -> Vec<PlannedEvent> {
-    let Some(tz) = parse_tz(&subject.timezone) else {
-        return Vec::new();
-    };
-    let local_now = utc_to_local(now, tz);
-    plugins
-        .into_iter()
-        .filter_map(|plugin| match plan_next(plugin, subject, local_now) {
-            Ok(plan) => plan,
-            Err(error) => {
-                crate::metrics::plugin_failure(plugin.name());
-                tracing::warn!(
-                    event_type = plugin.name(),
-                    user_id = %subject.id,
-                    %error,
-                    "event type failed to generate an occurrence"
-                );
-                None
-            }
-        })
-        .collect()
+) -> Result<Option<PlannedEvent>, PluginError> {
+    match parse_tz(&subject.timezone) {
+        Some(tz) => plan_next(plugin, subject, utc_to_local(now, tz)),
+        None => Ok(None),
+    }
 }
 
-/// Brings a user's pending, not-yet-due events in line with `plans`: events
-/// that no plan keeps are cancelled, planned ones are inserted. Events already
-/// due (or retrying) are left to be delivered.
+/// What every type loaded here answered for one user.
+#[derive(Debug, Default)]
+pub struct UserPlan {
+    /// Every type loaded here when the plan was made.
+    pub loaded: Vec<String>,
+    /// The types that answered (with an occurrence or with none).
+    pub answered: Vec<String>,
+    pub plans: Vec<PlannedEvent>,
+    /// The types whose plugin failed for this user.
+    pub failures: Vec<Replan>,
+}
+
+/// Plans the next occurrence of every type in `plugins` for `subject`, after
+/// the subject's local time at `now`. A plugin failure is kept in the plan's
+/// `failures`, to be recorded and planned again: the user is still saved.
+pub fn plan_for_subject<'a>(
+    plugins: impl IntoIterator<Item = &'a Arc<LoadedPlugin>>,
+    subject: &Subject,
+    now: DateTime<Utc>,
+) -> UserPlan {
+    let mut plan = UserPlan::default();
+    for plugin in plugins {
+        let name = plugin.name().to_string();
+        plan.loaded.push(name.clone());
+        match plan_next_after_now(plugin, subject, now) {
+            Ok(planned) => {
+                plan.plans.extend(planned);
+                plan.answered.push(name);
+            }
+            Err(error) => {
+                crate::metrics::plugin_failure(&name);
+                plan.failures
+                    .push(Replan::failed(subject.id, &name, error.to_string()));
+            }
+        }
+    }
+    plan
+}
+
+/// Writes a user's plan in the caller's transaction: for each type that
+/// answered, pending events not yet due that the plan does not keep are
+/// cancelled and the planned one inserted; each type that failed, or that
+/// the fleet has but this replica has not loaded, keeps its events and is
+/// recorded to plan again. Events already due (or retrying) are left to be
+/// delivered.
 pub async fn reschedule_user(
     conn: &mut PgConnection,
     user_id: Uuid,
-    plans: &[PlannedEvent],
+    plan: &UserPlan,
 ) -> sqlx::Result<()> {
-    store::cancel_unplanned_pending(conn, user_id, plans).await?;
-    store::insert_planned(conn, plans).await?;
+    store::cancel_unplanned_pending(conn, user_id, &plan.answered, &plan.plans).await?;
+    replan::resolve_user(conn, user_id, &plan.answered).await?;
+    schedule_new_user(conn, user_id, plan).await
+}
+
+/// Writes a new user's plan in the caller's transaction: `reschedule_user`
+/// without the cancelling, since a new user has nothing to cancel yet.
+pub async fn schedule_new_user(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    plan: &UserPlan,
+) -> sqlx::Result<()> {
+    store::insert_planned(conn, &plan.plans).await?;
+    replan::record(conn, &plan.failures).await?;
+    replan::record_types_loaded_elsewhere(conn, user_id, &plan.loaded).await?;
     Ok(())
 }
 
-/// Brings one type's schedule in line for every user who has its dates: the
-/// next occurrence is planned, and pending, not-yet-due events the type no
-/// longer plans are cancelled. Walks users by id in batches of `batch`,
-/// logging progress; each batch is one transaction with its users locked, so
-/// concurrent user updates and other replicas doing the same pass are safe
-/// (the unique key makes the inserts idempotent). Skipped when a complete
-/// pass was already made with this component and config. Returns the number
-/// of events written.
+/// What planning one type for a set of users did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PlanOutcome {
+    /// Users the type answered for.
+    pub planned: u64,
+    /// Users the type failed on: recorded to plan again.
+    pub failed: u64,
+    /// Events inserted.
+    pub written: u64,
+}
+
+/// Plans `plugin` for the users `ids` and writes the result. The plugin runs
+/// on users read without locks, outside any transaction; the writes then
+/// happen in one short transaction with the users locked, and a user that
+/// changed in between is left alone (its own change rescheduled it). For the
+/// users the type answered for, pending not-yet-due events of the type that
+/// the plan does not keep are cancelled, the plan is inserted and any
+/// recorded pair is resolved; the users it failed on keep their events and
+/// are recorded to plan again.
+pub async fn plan_users(
+    pool: &PgPool,
+    plugin: &Arc<LoadedPlugin>,
+    ids: &[Uuid],
+) -> sqlx::Result<PlanOutcome> {
+    let users = store::get_users(pool, ids).await?;
+    let now = Utc::now();
+    let for_batch = plugin.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        users
+            .into_iter()
+            .map(|user| {
+                let result = plan_next_after_now(&for_batch, &user.subject(), now);
+                (user.id, user.updated_at, result)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| sqlx::Error::Protocol(format!("planning task failed: {e}")))?;
+    let failures = results.iter().filter(|(_, _, r)| r.is_err()).count();
+    crate::metrics::plugin_failures(plugin.name(), failures as u64);
+    let mut tries = 0;
+    loop {
+        match write_type_plans(pool, plugin.name(), ids, &results).await {
+            Err(error) if tries < 4 && store::is_transient(&error) => {
+                tries += 1;
+                tracing::debug!(event_type = plugin.name(), %error, tries, "planning batch collided with another transaction; trying again");
+            }
+            result => return result,
+        }
+    }
+}
+
+type PlanResult = (
+    Uuid,
+    DateTime<Utc>,
+    Result<Option<PlannedEvent>, PluginError>,
+);
+
+async fn write_type_plans(
+    pool: &PgPool,
+    event_type: &str,
+    ids: &[Uuid],
+    results: &[PlanResult],
+) -> sqlx::Result<PlanOutcome> {
+    let mut tx = pool.begin().await?;
+    let versions: HashMap<Uuid, DateTime<Utc>> = store::lock_user_versions(&mut tx, ids)
+        .await?
+        .into_iter()
+        .collect();
+    // Users that are gone have nothing left to plan.
+    let mut resolved: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !versions.contains_key(id))
+        .copied()
+        .collect();
+    let mut answered = Vec::new();
+    let mut plans = Vec::new();
+    let mut failures = Vec::new();
+    for (id, version, result) in results {
+        if versions.get(id) != Some(version) {
+            continue;
+        }
+        match result {
+            Ok(plan) => {
+                answered.push(*id);
+                plans.extend(plan.clone());
+            }
+            Err(error) => failures.push(Replan::failed(*id, event_type, error.to_string())),
+        }
+    }
+    store::cancel_unplanned_pending_of_type(&mut tx, event_type, &answered, &plans).await?;
+    let written = store::insert_planned(&mut tx, &plans).await?;
+    resolved.extend(&answered);
+    replan::resolve(&mut tx, event_type, &resolved).await?;
+    replan::record(&mut tx, &failures).await?;
+    tx.commit().await?;
+    Ok(PlanOutcome {
+        planned: answered.len() as u64,
+        failed: failures.len() as u64,
+        written,
+    })
+}
+
+/// Brings one type's schedule in line for every user who has its dates, in
+/// batches of `batch` users by id (`plan_users`), logging progress. Users the
+/// type fails on are recorded to plan again, so the pass is complete either
+/// way. Recorded when it starts (so the fleet knows the type) and when it
+/// ends; skipped when a complete pass was already made with this component
+/// and config. Returns the number of events written.
 pub async fn schedule_type(
     pool: &PgPool,
     plugin: Arc<LoadedPlugin>,
@@ -130,29 +263,22 @@ pub async fn schedule_type(
         tracing::info!(event_type = %name, "schedule already made with this component and config");
         return Ok(0);
     }
+    store::start_pass(pool, &name, &plugin.sha256, &config).await?;
     let dates = plugin.info.dates.clone();
     let total = store::count_users_with_dates(pool, &dates).await?;
     tracing::info!(event_type = %name, users = total, "scheduling event type");
     let started = std::time::Instant::now();
-    let (mut after, mut seen, mut written, mut failed) = (None, 0i64, 0u64, 0u64);
+    let (mut after, mut seen) = (None, 0i64);
+    let mut done = PlanOutcome::default();
     let mut last_progress = std::time::Instant::now();
     loop {
         let ids = store::user_ids_with_dates(pool, &dates, after, batch as i64).await?;
         let Some(last) = ids.last().copied() else {
             break;
         };
-        let mut tries = 0;
-        let (batch_written, failures) = loop {
-            match schedule_batch(pool, &plugin, &ids).await {
-                Err(error) if tries < 4 && store::is_transient(&error) => {
-                    tries += 1;
-                    tracing::debug!(event_type = %name, %error, tries, "scheduling batch collided with another transaction; trying again");
-                }
-                result => break result?,
-            }
-        };
-        written += batch_written;
-        failed += failures;
+        let outcome = plan_users(pool, &plugin, &ids).await?;
+        done.written += outcome.written;
+        done.failed += outcome.failed;
         seen += ids.len() as i64;
         after = Some(last);
         if last_progress.elapsed() >= std::time::Duration::from_secs(5) {
@@ -160,59 +286,18 @@ pub async fn schedule_type(
             last_progress = std::time::Instant::now();
         }
     }
-    if failed > 0 {
-        crate::metrics::plugin_failure(&name);
-        tracing::warn!(event_type = %name, failed, "scheduling pass finished with users the type failed on; it will run again on the next load");
-    } else {
-        store::record_pass(pool, &name, &plugin.sha256, &config).await?;
+    store::finish_pass(pool, &name, &plugin.sha256, &config).await?;
+    if done.failed > 0 {
+        tracing::warn!(event_type = %name, failed = done.failed, "the type failed for some users; they keep their events and are planned again later");
     }
     tracing::info!(
         event_type = %name,
         users = seen,
-        events_written = written,
+        events_written = done.written,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "scheduled event type"
     );
-    Ok(written)
-}
-
-/// One batch of a scheduling pass, in one transaction with its users locked:
-/// returns the events written and how many users the type failed on.
-async fn schedule_batch(
-    pool: &PgPool,
-    plugin: &Arc<LoadedPlugin>,
-    ids: &[Uuid],
-) -> sqlx::Result<(u64, u64)> {
-    let mut tx = pool.begin().await?;
-    let users = store::lock_users(&mut tx, ids).await?;
-    let now = Utc::now();
-    let plugin_for_batch = plugin.clone();
-    let (plans, failures) = tokio::task::spawn_blocking(move || {
-        let mut failures = 0u64;
-        let mut plans = Vec::with_capacity(users.len());
-        for user in &users {
-            let subject = user.subject();
-            let Some(tz) = parse_tz(&subject.timezone) else {
-                continue;
-            };
-            match plan_next(&plugin_for_batch, &subject, utc_to_local(now, tz)) {
-                Ok(plan) => plans.extend(plan),
-                Err(error) => {
-                    failures += 1;
-                    if failures == 1 {
-                        tracing::warn!(event_type = plugin_for_batch.name(), user_id = %subject.id, %error, "event type failed to generate an occurrence");
-                    }
-                }
-            }
-        }
-        (plans, failures)
-    })
-    .await
-    .map_err(|e| sqlx::Error::Protocol(format!("planning task failed: {e}")))?;
-    store::cancel_unplanned_pending_of_type(&mut tx, plugin.name(), ids, &plans).await?;
-    let written = store::insert_planned(&mut tx, &plans).await?;
-    tx.commit().await?;
-    Ok((written, failures))
+    Ok(done.written)
 }
 
 #[cfg(test)]

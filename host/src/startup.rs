@@ -1,5 +1,6 @@
-//! Wiring: database (embedded or given), migrations, plugins, HTTP server and
-//! claimer, and a shutdown that stops them in order.
+//! Wiring: database (embedded or given), migrations, plugins, HTTP server,
+//! the supervised claimer and replanner, and a shutdown that stops them in
+//! order within the grace period.
 
 use crate::claimer::Claimer;
 use crate::config::Settings;
@@ -8,6 +9,8 @@ use crate::embedded_pg::EmbeddedPostgres;
 use crate::event_types::EventTypes;
 use crate::http::{self, AppState};
 use crate::plugin::{PluginRuntime, Registry, watcher};
+use crate::replan::Replanner;
+use crate::supervisor::{self, LoopState};
 use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -21,6 +24,9 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     deliverer: Arc<Deliverer>,
+    /// The claimer's state, shared by every claimer the supervisor starts.
+    claimer_state: Arc<LoopState>,
+    replanner_state: Arc<LoopState>,
     /// Kept so the embedded cluster stops when the application is dropped.
     embedded: Option<EmbeddedPostgres>,
     /// Kept so the plugin directory stays watched while the application runs.
@@ -89,15 +95,34 @@ impl Application {
         let listener = TcpListener::bind(settings.bind)
             .await
             .with_context(|| format!("binding {}", settings.bind))?;
-        let admin_token = settings.admin_token.as_deref().map(Arc::from);
+        let tokens = http::auth::Tokens::new(
+            settings.admin_token.as_deref(),
+            settings.api_tokens.as_deref(),
+        );
+        if tokens.clients_open() {
+            tracing::warn!(
+                bind = %settings.bind,
+                "KAIROS_API_TOKENS is not set: client routes (/users, /events) are open to anyone who can reach this loopback address"
+            );
+        }
+        let claimer_state = Arc::new(LoopState::new("claimer"));
+        let replanner_state = Arc::new(LoopState::new("replanner"));
+        let loops: Arc<[Arc<LoopState>]> = if settings.claimer {
+            Arc::new([claimer_state.clone(), replanner_state.clone()])
+        } else {
+            Arc::new([])
+        };
         Ok(Self {
             state: AppState {
                 pool,
                 registry,
                 event_types,
-                admin_token,
+                tokens: Arc::new(tokens),
+                loops,
             },
             deliverer,
+            claimer_state,
+            replanner_state,
             listener,
             settings,
             embedded,
@@ -124,13 +149,30 @@ impl Application {
         Claimer::new(
             self.state.pool.clone(),
             self.deliverer.clone(),
+            self.state.registry.clone(),
             self.settings.claimer_settings(),
+            self.claimer_state.clone(),
+        )
+    }
+
+    /// The claimer's supervised state (`/ready` reads it).
+    pub fn claimer_state(&self) -> Arc<LoopState> {
+        self.claimer_state.clone()
+    }
+
+    /// A replanner over this application's database and plugins; tests step it.
+    pub fn replanner(&self) -> Replanner {
+        Replanner::new(
+            self.state.pool.clone(),
+            self.state.registry.clone(),
+            self.settings.replan_every,
         )
     }
 
     /// Serves until `shutdown` resolves, then stops claiming, lets deliveries
-    /// in flight finish (or releases them), drains HTTP and stops the
-    /// embedded database.
+    /// in flight finish within `KAIROS_SHUTDOWN_GRACE` (releasing the leases
+    /// of any that do not), drains HTTP within what is left of the grace and
+    /// stops the embedded database.
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -139,24 +181,43 @@ impl Application {
         let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stopped| *stopped).await;
         };
-        let claimer = self.settings.claimer.then(|| {
-            let claimer = self.claimer();
-            tokio::spawn(claimer.run(wait_stop(stop_rx.clone())))
-        });
+        let mut loops = Vec::new();
+        if self.settings.claimer {
+            let (claimer, rx) = (self.claimer(), stop_rx.clone());
+            loops.push(tokio::spawn(supervisor::supervise(
+                self.claimer_state.clone(),
+                move || claimer.clone().run(wait_stop(rx.clone())),
+                stop_rx.clone(),
+            )));
+            let (replanner, rx) = (self.replanner(), stop_rx.clone());
+            loops.push(tokio::spawn(supervisor::supervise(
+                self.replanner_state.clone(),
+                move || replanner.clone().run(wait_stop(rx.clone())),
+                stop_rx.clone(),
+            )));
+        }
         tracing::info!(addr = %self.local_addr(), "kairos is serving");
         let app = http::router(self.state.clone());
         let server = axum::serve(self.listener, app).with_graceful_shutdown(wait_stop(stop_rx));
         let server = tokio::spawn(async move { server.await });
 
         shutdown.await;
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
         tracing::info!("shutting down");
         self.watcher.take();
         self.state.event_types.abort_passes();
         let _ = stop_tx.send(true);
-        if let Some(claimer) = claimer {
-            claimer.await?.context("claimer")?;
+        for task in loops {
+            task.await.context("a background loop's supervisor")?;
         }
-        server.await??;
+        // Requests still open when the grace is over are cut.
+        let margin = std::time::Duration::from_millis(500);
+        match tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + margin), server)
+            .await
+        {
+            Ok(served) => served??,
+            Err(_) => tracing::warn!("HTTP requests still open after the grace were cut"),
+        }
         self.state.pool.close().await;
         if let Some(mut embedded) = self.embedded.take() {
             tokio::task::spawn_blocking(move || embedded.stop()).await??;

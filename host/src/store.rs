@@ -2,7 +2,6 @@
 //! writes generation makes.
 
 use crate::plugin::Subject;
-use crate::scheduler::PlannedEvent;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Serialize;
 use sqlx::types::Json;
@@ -37,6 +36,16 @@ impl User {
     }
 }
 
+/// An occurrence ready to be written as a pending event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub user_id: Uuid,
+    pub event_type: String,
+    pub occurrence: NaiveDateTime,
+    pub timezone: String,
+    pub due_at: DateTime<Utc>,
+}
+
 /// A user's fields as a client sends them, already validated.
 #[derive(Debug, Clone)]
 pub struct UserFields {
@@ -45,6 +54,20 @@ pub struct UserFields {
     pub timezone: String,
     pub dates: BTreeMap<String, NaiveDate>,
     pub attributes: BTreeMap<String, String>,
+}
+
+impl UserFields {
+    /// What a plugin sees of the user these fields make, under `id`.
+    pub fn subject(&self, id: Uuid) -> Subject {
+        Subject {
+            id,
+            first_name: self.first_name.clone(),
+            last_name: self.last_name.clone(),
+            timezone: self.timezone.clone(),
+            dates: self.dates.clone(),
+            attributes: self.attributes.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -127,7 +150,8 @@ pub async fn update_user(
     .await
 }
 
-/// Deletes a user and cancels every event of theirs not yet delivered or failed.
+/// Deletes a user and cancels every event of theirs not yet delivered or
+/// failed; nothing of theirs is left to plan.
 pub async fn delete_user(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<bool> {
     let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
         .bind(id)
@@ -137,6 +161,10 @@ pub async fn delete_user(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<bool
     if deleted == 0 {
         return Ok(false);
     }
+    sqlx::query("DELETE FROM replans WHERE user_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "UPDATE events SET status = 'cancelled', lease_id = NULL, lease_until = NULL, \
          updated_at = now() WHERE user_id = $1 AND status IN ('pending', 'processing')",
@@ -158,16 +186,20 @@ pub async fn get_user(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<User>> {
     .await
 }
 
-/// Users by id, locked against concurrent updates until the caller commits.
-pub async fn lock_users(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<User>> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        user_columns!(),
-        " FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE"
-    ))
-    .bind(ids)
-    .fetch_all(conn)
-    .await
+/// The `updated_at` of each of these users that exists, locked against
+/// changes until the caller commits: a plan made from a user read earlier is
+/// written only if the user is still that version.
+pub async fn lock_user_versions(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> sqlx::Result<Vec<(Uuid, DateTime<Utc>)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as("SELECT id, updated_at FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE")
+        .bind(ids)
+        .fetch_all(conn)
+        .await
 }
 
 pub async fn get_users(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<User>> {
@@ -248,19 +280,26 @@ pub async fn retry_failed_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<
     .await
 }
 
-/// Cancels the user's pending events that are not yet due and that no plan
-/// keeps as they are (same type, occurrence and due time).
+/// Cancels the user's pending events of the `answered` types that are not
+/// yet due and that no plan keeps as they are (same type, occurrence and due
+/// time). A type that did not answer (its plugin failed, or it is not loaded
+/// here) keeps its events: nothing replaced them.
 pub async fn cancel_unplanned_pending(
     conn: &mut PgConnection,
     user_id: Uuid,
+    answered: &[String],
     plans: &[PlannedEvent],
 ) -> sqlx::Result<u64> {
+    if answered.is_empty() {
+        return Ok(0);
+    }
     let types: Vec<&str> = plans.iter().map(|p| p.event_type.as_str()).collect();
     let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
     let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
     Ok(sqlx::query(
         "UPDATE events e SET status = 'cancelled', updated_at = now() \
          WHERE e.user_id = $1 AND e.status = 'pending' AND e.due_at > now() \
+           AND e.event_type = ANY($5) \
            AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::timestamp[], $4::timestamptz[]) \
                            AS p(event_type, occurrence, due_at) \
                            WHERE p.event_type = e.event_type AND p.occurrence = e.occurrence \
@@ -270,6 +309,7 @@ pub async fn cancel_unplanned_pending(
     .bind(&types)
     .bind(&occurrences)
     .bind(&due)
+    .bind(answered)
     .execute(conn)
     .await?
     .rows_affected())
@@ -351,7 +391,7 @@ pub async fn count_users_with_dates(pool: &PgPool, dates: &[String]) -> sqlx::Re
 }
 
 /// Cancels the pending, not-yet-due events of `event_type` for `user_ids` that
-/// no plan keeps as they are.
+/// no plan keeps as they are. `user_ids` are the users the type answered for.
 pub async fn cancel_unplanned_pending_of_type(
     conn: &mut PgConnection,
     event_type: &str,
@@ -380,7 +420,8 @@ pub async fn cancel_unplanned_pending_of_type(
     .rows_affected())
 }
 
-/// Cancels every pending event of a type that was unloaded.
+/// Cancels every pending event of a type that was unloaded, and forgets its
+/// pass and what waited to be planned for it.
 pub async fn cancel_pending_of_type(pool: &PgPool, event_type: &str) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
     let cancelled = sqlx::query(
@@ -392,6 +433,10 @@ pub async fn cancel_pending_of_type(pool: &PgPool, event_type: &str) -> sqlx::Re
     .await?
     .rows_affected();
     sqlx::query("DELETE FROM event_type_passes WHERE event_type = $1")
+        .bind(event_type)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM replans WHERE event_type = $1")
         .bind(event_type)
         .execute(&mut *tx)
         .await?;
@@ -408,7 +453,7 @@ pub async fn pass_done(
 ) -> sqlx::Result<bool> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM event_type_passes \
-         WHERE event_type = $1 AND sha256 = $2 AND config = $3)",
+         WHERE event_type = $1 AND sha256 = $2 AND config = $3 AND completed_at IS NOT NULL)",
     )
     .bind(event_type)
     .bind(sha256)
@@ -417,16 +462,40 @@ pub async fn pass_done(
     .await
 }
 
-pub async fn record_pass(
+/// Records that a pass with this component and config started: from now on
+/// the fleet knows the type, and a replica without it records the users it
+/// changes for a replica that has it (`replan`).
+pub async fn start_pass(
     pool: &PgPool,
     event_type: &str,
     sha256: &str,
     config: &serde_json::Value,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO event_type_passes (event_type, sha256, config) VALUES ($1, $2, $3) \
+        "INSERT INTO event_type_passes (event_type, sha256, config, started_at, completed_at) \
+         VALUES ($1, $2, $3, now(), NULL) \
          ON CONFLICT (event_type) DO UPDATE \
-         SET sha256 = EXCLUDED.sha256, config = EXCLUDED.config, completed_at = now()",
+         SET sha256 = EXCLUDED.sha256, config = EXCLUDED.config, started_at = now(), \
+             completed_at = NULL",
+    )
+    .bind(event_type)
+    .bind(sha256)
+    .bind(Json(config))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Records that the pass with this component and config went over every user.
+pub async fn finish_pass(
+    pool: &PgPool,
+    event_type: &str,
+    sha256: &str,
+    config: &serde_json::Value,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE event_type_passes SET completed_at = now() \
+         WHERE event_type = $1 AND sha256 = $2 AND config = $3",
     )
     .bind(event_type)
     .bind(sha256)

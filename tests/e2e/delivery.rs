@@ -1,12 +1,19 @@
 //! Claiming and delivery: exactly once, signed, retried, failed, rescued,
 //! shared between replicas, caught up after downtime, woken without polling.
+//! Most run the host's real claimer loop (`Claimer::run`); a test whose
+//! point is one step (a claim, a lease) drives that step itself.
 
 use crate::helpers::{SECRET, TestApp, ada, spawn_app, spawn_app_on, spawn_app_with};
-use kairos::claimer::{claim_due_events, release_expired_leases};
+use kairos::lease::{self, claim_due_events, release_expired_leases};
 use kairos::signing;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::time::Duration;
+
+/// An app whose claimer loop runs, as `kairos serve` runs it.
+async fn running_app() -> TestApp {
+    spawn_app_with(|s| s.claimer = true).await
+}
 
 /// Creates Ada and returns (user id, her birthday event id).
 async fn ada_with_event(app: &TestApp) -> (String, String) {
@@ -21,16 +28,14 @@ async fn ada_with_event(app: &TestApp) -> (String, String) {
 
 #[tokio::test]
 async fn a_due_event_is_delivered_once_signed_and_the_next_year_is_scheduled() {
-    let app = spawn_app().await;
+    let app = running_app().await;
     let (user_id, event_id) = ada_with_event(&app).await;
     let event = app.event(&event_id).await;
     app.make_due(&event_id).await;
-
-    assert_eq!(app.run_claimer_once().await, 1);
-    assert_eq!(app.run_claimer_once().await, 0, "nothing is claimed twice");
+    let delivered = app.wait_for_status(&event_id, "delivered").await;
 
     let received = app.receiver.received();
-    assert_eq!(received.len(), 1);
+    assert_eq!(received.len(), 1, "delivered once");
     let hook = &received[0];
     assert_eq!(hook.body["id"], event_id.as_str());
     assert_eq!(hook.body["event_type"], "birthday");
@@ -64,8 +69,6 @@ async fn a_due_event_is_delivered_once_signed_and_the_next_year_is_scheduled() {
         hook.header("webhook-signature")
     ));
 
-    let delivered = app.event(&event_id).await;
-    assert_eq!(delivered["status"], "delivered");
     assert_eq!(delivered["attempts"], 1);
     assert!(delivered["delivered_at"].is_string());
 
@@ -85,10 +88,14 @@ async fn a_due_event_is_delivered_once_signed_and_the_next_year_is_scheduled() {
 
 #[tokio::test]
 async fn without_a_secret_no_signature_is_sent() {
-    let app = spawn_app_with(|s| s.webhook_secret = None).await;
+    let app = spawn_app_with(|s| {
+        s.webhook_secret = None;
+        s.claimer = true;
+    })
+    .await;
     let (_, event_id) = ada_with_event(&app).await;
     app.make_due(&event_id).await;
-    app.run_claimer_once().await;
+    app.wait_for_status(&event_id, "delivered").await;
     let received = app.receiver.received();
     assert_eq!(received.len(), 1);
     assert!(received[0].headers.get("webhook-signature").is_none());
@@ -97,69 +104,42 @@ async fn without_a_secret_no_signature_is_sent() {
 
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_until_success() {
-    let app = spawn_app().await;
+    let app = running_app().await;
     app.receiver.respond_with(&[503, 429]);
     let (_, event_id) = ada_with_event(&app).await;
     app.make_due(&event_id).await;
 
-    let before = chrono::Utc::now();
-    app.run_claimer_once().await;
-    let after_first = app.event(&event_id).await;
-    assert_eq!(after_first["status"], "pending");
-    assert_eq!(after_first["attempts"], 1);
-    assert!(
-        after_first["last_error"].as_str().unwrap().contains("503"),
-        "{after_first}"
-    );
-    // The backoff keeps it from being claimed at once: the first retry waits
-    // the base delay (10 ms in tests) less at most 20 % jitter.
-    let run_at: chrono::DateTime<chrono::Utc> =
-        sqlx::query_scalar("SELECT run_at FROM events WHERE id = $1::uuid")
-            .bind(&event_id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert!(
-        run_at >= before + chrono::Duration::milliseconds(7),
-        "run_at {run_at} is not a backoff after {before}"
-    );
-
-    app.make_runnable(&event_id).await;
-    app.run_claimer_once().await;
-    assert!(
-        app.event(&event_id).await["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("429")
-    );
-
-    app.make_runnable(&event_id).await;
-    app.run_claimer_once().await;
-    let done = app.event(&event_id).await;
-    assert_eq!(done["status"], "delivered");
+    let done = app.wait_for_status(&event_id, "delivered").await;
     assert_eq!(done["attempts"], 3);
-    let keys: HashSet<String> = app
-        .receiver
-        .received()
+    assert!(
+        done["last_error"].as_str().unwrap().contains("429"),
+        "the last failure is kept: {done}"
+    );
+    let received = app.receiver.received();
+    assert_eq!(received.len(), 3);
+    // Each retry waits its backoff: the base delay (10 ms in tests), then
+    // twice it, each less at most 20 % jitter.
+    let gaps: Vec<Duration> = received.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(gaps[0] >= Duration::from_millis(8), "{gaps:?}");
+    assert!(gaps[1] >= Duration::from_millis(16), "{gaps:?}");
+    let keys: HashSet<&str> = received
         .iter()
-        .map(|r| r.header("idempotency-key").to_string())
+        .map(|r| r.header("idempotency-key"))
         .collect();
     assert_eq!(
         keys,
-        HashSet::from([event_id.clone()]),
+        HashSet::from([event_id.as_str()]),
         "every attempt carries the same key"
     );
 }
 
 #[tokio::test]
 async fn a_client_error_fails_the_event_at_once() {
-    let app = spawn_app().await;
+    let app = running_app().await;
     app.receiver.respond_with(&[400]);
     let (user_id, event_id) = ada_with_event(&app).await;
     app.make_due(&event_id).await;
-    app.run_claimer_once().await;
-    let failed = app.event(&event_id).await;
-    assert_eq!(failed["status"], "failed");
+    let failed = app.wait_for_status(&event_id, "failed").await;
     assert_eq!(failed["attempts"], 1);
     assert!(failed["last_error"].as_str().unwrap().contains("400"));
     // A failed occurrence still leads to the next one.
@@ -172,16 +152,11 @@ async fn a_client_error_fails_the_event_at_once() {
 
 #[tokio::test]
 async fn exhausted_attempts_fail_and_a_manual_retry_grants_a_fresh_round() {
-    let app = spawn_app().await; // max_attempts = 3
+    let app = running_app().await; // max_attempts = 3
     app.receiver.respond_with(&[500, 500, 500, 500]);
     let (_, event_id) = ada_with_event(&app).await;
     app.make_due(&event_id).await;
-    for _ in 0..3 {
-        app.make_runnable(&event_id).await;
-        assert_eq!(app.run_claimer_once().await, 1);
-    }
-    let failed = app.event(&event_id).await;
-    assert_eq!(failed["status"], "failed");
+    let failed = app.wait_for_status(&event_id, "failed").await;
     assert_eq!(failed["attempts"], 3);
 
     // Retrying anything but a failed event is refused.
@@ -200,19 +175,15 @@ async fn exhausted_attempts_fail_and_a_manual_retry_grants_a_fresh_round() {
     let retried: Value = response.json().await.unwrap();
     assert_eq!(retried["status"], "pending");
     assert_eq!(retried["attempts"], 3, "a manual retry keeps the count");
+
+    // One more 500 is within the fresh round, then success.
+    let done = app.wait_for_status(&event_id, "delivered").await;
+    assert_eq!(done["attempts"], 5);
+    assert_eq!(app.receiver.received().len(), 5);
     let again = app
         .post_json(&format!("/events/{event_id}/retry"), &json!({}))
         .await;
-    assert_eq!(again.status(), 409);
-
-    // One more 500 is within the fresh round, then success.
-    app.run_claimer_once().await;
-    assert_eq!(app.event(&event_id).await["status"], "pending");
-    app.make_runnable(&event_id).await;
-    app.run_claimer_once().await;
-    let done = app.event(&event_id).await;
-    assert_eq!(done["status"], "delivered");
-    assert_eq!(done["attempts"], 5);
+    assert_eq!(again.status(), 409, "a delivered event is not retried");
 }
 
 #[tokio::test]
@@ -222,12 +193,15 @@ async fn connection_errors_are_retried() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let app = spawn_app_with(|s| s.webhook_url = Some(format!("http://{closed}/hook"))).await;
+    let app = spawn_app_with(|s| {
+        s.webhook_url = Some(format!("http://{closed}/hook"));
+        s.claimer = true;
+    })
+    .await;
     let (_, event_id) = ada_with_event(&app).await;
     app.make_due(&event_id).await;
-    app.run_claimer_once().await;
-    let event = app.event(&event_id).await;
-    assert_eq!(event["status"], "pending");
+    let event = app.wait_for_status(&event_id, "failed").await;
+    assert_eq!(event["attempts"], 3, "retried up to the limit: {event}");
     assert!(
         event["last_error"].as_str().unwrap().contains("connection"),
         "{event}"
@@ -247,7 +221,7 @@ async fn a_deleted_user_gets_nothing() {
 
 #[tokio::test]
 async fn an_update_before_the_due_time_is_what_gets_delivered() {
-    let app = spawn_app().await;
+    let app = running_app().await;
     let (user_id, _) = ada_with_event(&app).await;
     let mut body = ada();
     body["first_name"] = json!("Augusta");
@@ -262,13 +236,9 @@ async fn an_update_before_the_due_time_is_what_gets_delivered() {
     let pending = events.iter().find(|e| e["status"] == "pending").unwrap();
     let pending_id = pending["id"].as_str().unwrap().to_string();
     app.make_due(&pending_id).await;
-    assert_eq!(
-        app.run_claimer_once().await,
-        1,
-        "only the new occurrence is due"
-    );
+    app.wait_for_status(&pending_id, "delivered").await;
     let received = app.receiver.received();
-    assert_eq!(received.len(), 1);
+    assert_eq!(received.len(), 1, "only the new occurrence was due");
     assert_eq!(received[0].body["id"], pending_id.as_str());
     assert_eq!(
         received[0].body["message"]["text"],
@@ -303,7 +273,7 @@ async fn an_expired_lease_is_redelivered_with_the_same_idempotency_key_and_the_s
     app.make_due(&event_id).await;
 
     // Host A claims and sends, then dies before recording the outcome.
-    let claimed = claim_due_events(&app.pool, 10, Duration::from_secs(30))
+    let claimed = claim_due_events(&app.pool, 10, Duration::from_secs(30), &["birthday".into()])
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
@@ -338,49 +308,49 @@ async fn an_expired_lease_is_redelivered_with_the_same_idempotency_key_and_the_s
     assert_eq!(delivered["attempts"], 2);
 
     // Host A's late outcome no longer holds the lease: dropped.
-    app.deliverer.complete(vec![stale]).await.unwrap();
+    lease::complete(&app.pool, &[stale]).await.unwrap();
     let after = app.event(&event_id).await;
     assert_eq!(after, delivered);
-}
-
-/// Steps a replica's claimer until it finds nothing due; returns how many it claimed.
-async fn drain(app: &TestApp) -> usize {
-    let mut claimed = 0;
-    loop {
-        let n = app.run_claimer_once().await;
-        if n == 0 {
-            return claimed;
-        }
-        claimed += n;
-    }
 }
 
 #[tokio::test]
 async fn two_replicas_on_one_database_never_deliver_an_event_twice() {
     let first = spawn_app_with(|s| s.batch_size = 7).await;
-    let mut second_settings = first.settings.clone();
-    second_settings.plugin_dir = crate::helpers::plugin_dir_with_birthday(None);
-    let second = spawn_app_on(second_settings, first.receiver.clone()).await;
-
     let users = 120;
     for i in 0..users {
         let mut body = ada();
         body["first_name"] = json!(format!("Ada{i}"));
         first.create_user(&body).await;
     }
+    // Both replicas run their claimer loops against the same database.
+    let mut settings = first.settings.clone();
+    settings.claimer = true;
+    settings.plugin_dir = crate::helpers::plugin_dir_with_birthday(None);
+    let second = spawn_app_on(settings.clone(), first.receiver.clone()).await;
+    settings.data_dir = settings.data_dir.with_extension("third");
+    let third = spawn_app_on(settings, first.receiver.clone()).await;
     sqlx::query("UPDATE events SET due_at = now() - interval '1 second', run_at = now() - interval '1 second'")
         .execute(&first.pool)
         .await
         .unwrap();
 
-    let (a, b) = tokio::join!(drain(&first), drain(&second));
-    assert_eq!(
-        a + b,
-        users,
-        "every event claimed exactly once between them"
-    );
-    assert!(a > 0 && b > 0, "both replicas took part ({a} / {b})");
-
+    first
+        .receiver
+        .wait_for(users, Duration::from_secs(30))
+        .await;
+    crate::helpers::eventually(
+        "every event recorded as delivered",
+        Duration::from_secs(20),
+        || async {
+            let delivered: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM events WHERE status = 'delivered'")
+                    .fetch_one(&first.pool)
+                    .await
+                    .unwrap();
+            delivered == users as i64
+        },
+    )
+    .await;
     let received = first.receiver.received();
     let ids: HashSet<&str> = received
         .iter()
@@ -388,13 +358,15 @@ async fn two_replicas_on_one_database_never_deliver_an_event_twice() {
         .collect();
     assert_eq!(received.len(), users);
     assert_eq!(ids.len(), users, "no event was delivered twice");
-    let delivered: i64 = sqlx::query_scalar(
+    let once: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM events WHERE status = 'delivered' AND attempts = 1",
     )
     .fetch_one(&first.pool)
     .await
     .unwrap();
-    assert_eq!(delivered, users as i64);
+    assert_eq!(once, users as i64);
+    second.stop().await;
+    third.stop().await;
 }
 
 #[tokio::test]

@@ -12,7 +12,9 @@ use kairos::delivery::Deliverer;
 use kairos::embedded_pg::EmbeddedPostgres;
 use kairos::event_types::EventTypes;
 use kairos::plugin::Registry;
+use kairos::replan::Replanner;
 use kairos::startup::Application;
+use kairos::supervisor::LoopState;
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -210,6 +212,8 @@ pub fn plugin_dir_with_birthday(toml: Option<&str>) -> PathBuf {
 /// One webhook request as the receiver saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// When it arrived.
+    pub at: std::time::Instant,
     /// Path and query the request was sent to.
     pub uri: String,
     pub headers: HeaderMap,
@@ -229,7 +233,7 @@ impl Received {
 #[derive(Default)]
 struct ReceiverState {
     received: Mutex<Vec<Received>>,
-    /// Statuses to answer with, in order; 200 once empty.
+    /// Statuses to answer with, in order; 200 once empty. `HANG` never answers.
     script: Mutex<VecDeque<u16>>,
     arrived: Notify,
 }
@@ -257,7 +261,7 @@ impl Receiver {
         format!("http://{}/hook", self.addr)
     }
 
-    /// Answer the next requests with these statuses, then 200.
+    /// Answer the next requests with these statuses (or `HANG`), then 200.
     pub fn respond_with(&self, statuses: &[u16]) {
         self.state.script.lock().unwrap().extend(statuses);
     }
@@ -288,6 +292,10 @@ impl Receiver {
     }
 }
 
+/// A scripted "status" that never answers: the request stays in flight
+/// until the sender gives up.
+pub const HANG: u16 = 0;
+
 async fn receive(
     State(state): State<Arc<ReceiverState>>,
     uri: axum::http::Uri,
@@ -297,12 +305,16 @@ async fn receive(
     let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
     let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     state.received.lock().unwrap().push(Received {
+        at: std::time::Instant::now(),
         uri: uri.to_string(),
         headers,
         raw,
         body,
     });
     state.arrived.notify_waiters();
+    if status == HANG {
+        std::future::pending::<()>().await;
+    }
     StatusCode::from_u16(status).unwrap()
 }
 
@@ -317,7 +329,10 @@ pub struct TestApp {
     pub deliverer: Arc<Deliverer>,
     pub registry: Arc<Registry>,
     pub event_types: Arc<EventTypes>,
+    /// The supervised claimer's state (fault injection, restarts).
+    pub claimer_state: Arc<LoopState>,
     claimer: Claimer,
+    replanner: Replanner,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -366,6 +381,8 @@ pub async fn spawn_app_on(settings: Settings, receiver: Receiver) -> TestApp {
     let base = format!("http://{}", app.local_addr());
     let pool = app.state().pool.clone();
     let claimer = app.claimer();
+    let replanner = app.replanner();
+    let claimer_state = app.claimer_state();
     let deliverer = app.deliverer();
     let registry = app.state().registry.clone();
     let event_types = app.state().event_types.clone();
@@ -383,7 +400,9 @@ pub async fn spawn_app_on(settings: Settings, receiver: Receiver) -> TestApp {
         deliverer,
         registry,
         event_types,
+        claimer_state,
         claimer,
+        replanner,
         shutdown: Some(tx),
         task: Some(task),
     }
@@ -490,6 +509,42 @@ impl TestApp {
     /// One claimer step: claim due events, deliver, record. Returns the count claimed.
     pub async fn run_claimer_once(&self) -> usize {
         self.claimer.run_once().await.expect("claimer step")
+    }
+
+    /// One replanner step: plans the recorded pairs of the types loaded here.
+    pub async fn run_replanner_once(&self) -> usize {
+        self.replanner.run_once().await.expect("replanner step")
+    }
+
+    /// Waits until the event's status is `status` (the claimer loop runs on
+    /// its own time), and returns it.
+    pub async fn wait_for_status(&self, event_id: &str, status: &str) -> Value {
+        let id = Uuid::parse_str(event_id).unwrap();
+        eventually(
+            &format!("event {event_id} to be {status}"),
+            Duration::from_secs(20),
+            || async {
+                let now: String = sqlx::query_scalar("SELECT status FROM events WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&self.pool)
+                    .await
+                    .unwrap();
+                now == status
+            },
+        )
+        .await;
+        self.event(event_id).await
+    }
+
+    /// The recorded (user, type) pairs waiting to be planned again, with
+    /// their reason and attempts.
+    pub async fn replans(&self) -> Vec<(Uuid, String, String, i32)> {
+        sqlx::query_as(
+            "SELECT user_id, event_type, reason, attempts FROM replans ORDER BY user_id, event_type",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
     }
 
     pub async fn event(&self, event_id: &str) -> Value {

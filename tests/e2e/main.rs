@@ -2,10 +2,13 @@
 //! (and deliberately misbehaving ones), a real webhook receiver on loopback,
 //! and the app on port 0.
 
+mod access;
 mod api;
 mod delivery;
 mod event_types;
 mod helpers;
 mod kit;
+mod lifecycle;
 mod limits;
 mod scheduling;
+mod series;

@@ -23,8 +23,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("a valid admin bearer token is required")]
-    Unauthorized,
+    /// No token, or not one this host accepts.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A valid token that may not use this route.
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -51,7 +55,8 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

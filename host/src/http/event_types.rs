@@ -1,33 +1,33 @@
 //! `/event-types`: the loaded types (open to all), and the admin API that
-//! uploads, replaces and unloads them (bearer `KAIROS_ADMIN_TOKEN`).
+//! uploads, replaces and unloads them (admin token, `auth::admin`).
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, auth};
 use crate::event_types::{Change, UploadError};
 use crate::plugin::{LoadedPlugin, PluginConfig, PluginFile, PluginSource, valid_type_name};
+use crate::replan;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::get;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use subtle::ConstantTimeEq;
 
 /// Largest component accepted by `PUT /event-types/{name}`.
 pub const MAX_COMPONENT: usize = 32 << 20;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/event-types", get(list)).route(
-        "/event-types/{name}",
-        get(show)
-            .put(upload)
-            .delete(unload)
-            .layer(DefaultBodyLimit::max(MAX_COMPONENT)),
-    )
+pub fn router(state: &AppState) -> Router<AppState> {
+    let admin = put(upload)
+        .delete(unload)
+        .layer(DefaultBodyLimit::max(MAX_COMPONENT))
+        .route_layer(from_fn_with_state(state.clone(), auth::admin));
+    Router::new()
+        .route("/event-types", get(list))
+        .route("/event-types/{name}", get(show).merge(admin))
 }
 
 /// A loaded type as `GET /event-types` shows it.
@@ -70,26 +70,36 @@ fn source(source: &PluginSource) -> Value {
     })
 }
 
-async fn list(State(state): State<AppState>) -> Json<Vec<Value>> {
-    Json(
+/// A loaded type with the count of its (user, type) pairs waiting to be
+/// planned again (`replan`).
+fn describe_with_waiting(plugin: &LoadedPlugin, waiting: &BTreeMap<String, i64>) -> Value {
+    let mut entry = describe(plugin);
+    entry["health"]["unplanned"] = json!(waiting.get(plugin.name()).copied().unwrap_or(0));
+    entry
+}
+
+async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+    let waiting = replan::waiting_by_type(&state.pool).await?;
+    Ok(Json(
         state
             .registry
             .snapshot()
             .values()
-            .map(|p| describe(p))
+            .map(|p| describe_with_waiting(p, &waiting))
             .collect(),
-    )
+    ))
 }
 
 async fn show(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    state
+    let plugin = state
         .registry
         .get(&name)
-        .map(|p| Json(describe(&p)))
-        .ok_or(ApiError::NotFound("event type"))
+        .ok_or(ApiError::NotFound("event type"))?;
+    let waiting = replan::waiting_by_type(&state.pool).await?;
+    Ok(Json(describe_with_waiting(&plugin, &waiting)))
 }
 
 async fn upload(
@@ -99,7 +109,6 @@ async fn upload(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    authorize(&state, &headers)?;
     check_name(&name)?;
     let settings = settings_from_query(query)?;
     if let Some(kind) = headers.get(header::CONTENT_TYPE) {
@@ -152,33 +161,10 @@ async fn upload(
 async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&state, &headers)?;
     match state.event_types.unload(&name).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(ApiError::NotFound("event type")),
-    }
-}
-
-/// `Authorization: Bearer <KAIROS_ADMIN_TOKEN>`, compared in constant time
-/// (over digests, so the length does not leak either).
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = state.admin_token.as_deref() else {
-        return Err(ApiError::Unauthorized);
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let matches: bool = Sha256::digest(given.as_bytes())
-        .ct_eq(&Sha256::digest(expected.as_bytes()))
-        .into();
-    if matches && !given.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
     }
 }
 

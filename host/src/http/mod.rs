@@ -1,5 +1,6 @@
 //! The REST API: one router per resource, sharing `AppState`.
 
+pub mod auth;
 mod error;
 pub mod event_types;
 mod events;
@@ -10,9 +11,11 @@ pub use error::ApiError;
 
 use crate::event_types::EventTypes;
 use crate::plugin::{Registry, Subject};
-use crate::scheduler::{self, PlannedEvent};
+use crate::scheduler::{self, UserPlan};
+use crate::supervisor::LoopState;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -29,14 +32,16 @@ pub struct AppState {
     pub pool: PgPool,
     pub registry: Arc<Registry>,
     pub event_types: Arc<EventTypes>,
-    /// `KAIROS_ADMIN_TOKEN`; without it the admin API answers 401.
-    pub admin_token: Option<Arc<str>>,
+    /// The admin and client tokens this host accepts.
+    pub tokens: Arc<auth::Tokens>,
+    /// The supervised background loops; `/ready` fails while one is down.
+    pub loops: Arc<[Arc<LoopState>]>,
 }
 
 impl AppState {
     /// Plans the next occurrence of every loaded type for `subject`, off the
     /// async threads (plugin calls are CPU work with a deadline).
-    pub async fn plan_for(&self, subject: Subject) -> Result<Vec<PlannedEvent>, ApiError> {
+    pub async fn plan_for(&self, subject: Subject) -> Result<UserPlan, ApiError> {
         let plugins = self.registry.snapshot();
         let now = chrono::Utc::now();
         tokio::task::spawn_blocking(move || {
@@ -48,10 +53,13 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let client = Router::new()
         .merge(users::router())
         .merge(events::router())
-        .merge(event_types::router())
+        .route_layer(from_fn_with_state(state.clone(), auth::client));
+    Router::new()
+        .merge(client)
+        .merge(event_types::router(&state))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -65,33 +73,57 @@ async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// How long `/ready` waits for the database before answering `503`.
+const READY_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Ready when the database answers within `READY_DATABASE_TIMEOUT` and every
+/// supervised loop runs; the body says which part is not.
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let types: Vec<String> = state.registry.snapshot().keys().cloned().collect();
-    match sqlx::query("SELECT 1").execute(&state.pool).await {
-        Ok(_) => (
-            StatusCode::OK,
-            Json(json!({ "status": "ready", "database": "ok", "event_types": types })),
-        ),
-        Err(error) => {
+    let database = match tokio::time::timeout(
+        READY_DATABASE_TIMEOUT,
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await
+    {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(error)) => {
             tracing::warn!(%error, "readiness check: database unreachable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(
-                    json!({ "status": "unavailable", "database": "unreachable", "event_types": types }),
-                ),
-            )
+            "unreachable"
         }
-    }
+        Err(_) => "timeout",
+    };
+    let loops: serde_json::Map<String, serde_json::Value> = state
+        .loops
+        .iter()
+        .map(|l| (l.name.to_string(), l.describe()))
+        .collect();
+    let ready = database == "ok" && state.loops.iter().all(|l| l.is_running());
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if ready { "ready" } else { "unavailable" },
+            "database": database,
+            "loops": loops,
+            "event_types": types,
+        })),
+    )
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE status = 'pending'")
         .fetch_one(&state.pool)
         .await?;
+    let waiting = crate::replan::waiting_by_type(&state.pool).await?;
     let snapshot = state.registry.snapshot();
     Ok((
         [("content-type", "text/plain; version=0.0.4")],
-        crate::metrics::render(snapshot.values().map(|p| p.as_ref()), pending),
+        crate::metrics::render(snapshot.values().map(|p| p.as_ref()), pending, &waiting),
     ))
 }
 

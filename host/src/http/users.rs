@@ -154,18 +154,10 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let fields = input.validate()?;
     let id = Uuid::new_v4();
-    let subject = crate::plugin::Subject {
-        id,
-        first_name: fields.first_name.clone(),
-        last_name: fields.last_name.clone(),
-        timezone: fields.timezone.clone(),
-        dates: fields.dates.clone(),
-        attributes: fields.attributes.clone(),
-    };
-    let plans = state.plan_for(subject).await?;
+    let plan = state.plan_for(fields.subject(id)).await?;
     let mut tx = state.pool.begin().await?;
     let user = store::insert_user(&mut tx, id, &fields).await?;
-    store::insert_planned(&mut tx, &plans).await?;
+    scheduler::schedule_new_user(&mut tx, id, &plan).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
@@ -177,12 +169,13 @@ async fn replace_user(
 ) -> Result<Json<User>, ApiError> {
     let id = parse_id("id", &id)?;
     let fields = input.validate()?;
+    // Planned before the transaction: no plugin runs while the user is locked.
+    let plan = state.plan_for(fields.subject(id)).await?;
     let mut tx = state.pool.begin().await?;
     let user = store::update_user(&mut tx, id, &fields)
         .await?
         .ok_or(ApiError::NotFound("user"))?;
-    let plans = state.plan_for(user.subject()).await?;
-    scheduler::reschedule_user(&mut tx, id, &plans).await?;
+    scheduler::reschedule_user(&mut tx, id, &plan).await?;
     tx.commit().await?;
     Ok(Json(user))
 }

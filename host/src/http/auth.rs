@@ -1,0 +1,121 @@
+//! Who may call what: client routes take a client token (`KAIROS_API_TOKENS`)
+//! or the admin token, admin routes only the admin token, open routes none.
+//! Checked in a layer before the handler runs, so a refused request has its
+//! body unread and writes nothing.
+
+use super::AppState;
+use super::error::ApiError;
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The tokens a host accepts, kept as SHA-256 digests and compared in
+/// constant time, so neither a token nor its length leaks through timing.
+#[derive(Debug, Default)]
+pub struct Tokens {
+    admin: Option<[u8; 32]>,
+    clients: Vec<[u8; 32]>,
+    /// No client tokens are configured and the host is bound to loopback:
+    /// client routes are open to whoever can reach it.
+    clients_open: bool,
+}
+
+/// What a request's bearer token entitles it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    None,
+    Client,
+    Admin,
+}
+
+impl Tokens {
+    /// `api_tokens` is `KAIROS_API_TOKENS` (comma-separated); without any,
+    /// client routes are open, which `Settings::validate` allows only on a
+    /// loopback bind.
+    pub fn new(admin: Option<&str>, api_tokens: Option<&str>) -> Self {
+        let clients: Vec<[u8; 32]> = api_tokens
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(digest)
+            .collect();
+        Self {
+            admin: admin.filter(|t| !t.is_empty()).map(digest),
+            clients_open: clients.is_empty(),
+            clients,
+        }
+    }
+
+    pub fn clients_open(&self) -> bool {
+        self.clients_open
+    }
+
+    fn grant(&self, request: &Request) -> Grant {
+        let Some(given) = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        else {
+            return Grant::None;
+        };
+        let given = digest(given);
+        let is_admin = self
+            .admin
+            .as_ref()
+            .is_some_and(|admin| bool::from(admin.ct_eq(&given)));
+        // Every client token is compared, found or not.
+        let is_client = self.clients.iter().fold(false, |found, token| {
+            found | bool::from(token.ct_eq(&given))
+        });
+        if is_admin {
+            Grant::Admin
+        } else if is_client {
+            Grant::Client
+        } else {
+            Grant::None
+        }
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Client routes: a client token or the admin token (or none, when client
+/// routes are open).
+pub async fn client(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let tokens = &state.tokens;
+    if tokens.clients_open || tokens.grant(&request) != Grant::None {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized("a valid bearer token is required"))
+    }
+}
+
+/// Admin routes: only the admin token; a client token is `403`.
+pub async fn admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match state.tokens.grant(&request) {
+        Grant::Admin => Ok(next.run(request).await),
+        Grant::Client => Err(ApiError::Forbidden(
+            "this route takes the admin token (KAIROS_ADMIN_TOKEN); a client token may not use it",
+        )),
+        Grant::None => Err(ApiError::Unauthorized(
+            "a valid admin bearer token (KAIROS_ADMIN_TOKEN) is required",
+        )),
+    }
+}

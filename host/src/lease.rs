@@ -1,0 +1,284 @@
+//! The lease protocol: the only SQL that touches a claimed event. Claim due
+//! events under a lease, give leases back (expired or at shutdown), and
+//! record a batch of outcomes with each finished event's successor.
+//!
+//! Every write about a claimed event checks its `lease_id`, so a host that
+//! lost its lease (it was too slow, or presumed dead) drops its result and
+//! the event is delivered again under the same id.
+
+use crate::replan::{self, Replan};
+use crate::store::{self, PlannedEvent};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::{FromRow, PgPool};
+use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// An event this host holds a lease on.
+#[derive(Debug, Clone, FromRow)]
+pub struct ClaimedEvent {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub event_type: String,
+    pub occurrence: NaiveDateTime,
+    pub timezone: String,
+    pub due_at: DateTime<Utc>,
+    /// Attempts including this one.
+    pub attempts: i32,
+    pub attempts_before_retry: i32,
+    pub lease_id: Uuid,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// A retryable failure with attempts left: pending again at `run_at`.
+    Retry {
+        error: String,
+        run_at: DateTime<Utc>,
+    },
+    /// Given up: a non-retryable failure or attempts exhausted.
+    Failed {
+        error: String,
+    },
+    /// Nothing to deliver to any more (the user was deleted).
+    Cancelled {
+        reason: String,
+    },
+    /// Not attempted: the type was unloaded here after the claim. The event
+    /// goes back to `pending` as it was, for a replica that has the type.
+    Released,
+}
+
+impl DeliveryOutcome {
+    /// Whether the occurrence is over, so its series needs the next one.
+    pub fn finishes_occurrence(&self) -> bool {
+        matches!(self, Self::Delivered | Self::Failed { .. })
+    }
+}
+
+/// The next occurrence of a finished event's series.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Successor {
+    /// The event did not finish (retry, released, cancelled).
+    NotNeeded,
+    /// Planned from the user as they were at `user_version` (`updated_at`).
+    Planned {
+        plan: PlannedEvent,
+        user_version: DateTime<Utc>,
+    },
+    /// The type answered that the series has no further occurrence.
+    End,
+    /// Could not be planned here: recorded, and planned later by a replica
+    /// that has the type (`replan`).
+    Replan { reason: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub event: ClaimedEvent,
+    pub outcome: DeliveryOutcome,
+    pub successor: Successor,
+}
+
+/// Claims up to `limit` due events of the given types, oldest first, under a
+/// fresh lease. Only types this host has loaded are claimed: an event of a
+/// type it lacks is left for a replica that has it.
+pub async fn claim_due_events(
+    pool: &PgPool,
+    limit: usize,
+    lease: Duration,
+    types: &[String],
+) -> sqlx::Result<Vec<ClaimedEvent>> {
+    if types.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(
+        "WITH due AS MATERIALIZED ( \
+             SELECT id FROM events \
+             WHERE status = 'pending' AND run_at <= now() AND event_type = ANY($4) \
+             ORDER BY run_at \
+             LIMIT $1 \
+             FOR UPDATE SKIP LOCKED) \
+         UPDATE events e SET status = 'processing', attempts = e.attempts + 1, \
+             lease_id = $2, lease_until = now() + make_interval(secs => $3), updated_at = now() \
+         FROM due WHERE e.id = due.id \
+         RETURNING e.id, e.user_id, e.event_type, e.occurrence, e.timezone, e.due_at, \
+             e.attempts, e.attempts_before_retry, e.lease_id",
+    )
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind(Uuid::new_v4())
+    .bind(lease.as_secs_f64())
+    .bind(types)
+    .fetch_all(pool)
+    .await
+    .map(|mut claimed: Vec<ClaimedEvent>| {
+        claimed.sort_by_key(|e| e.due_at);
+        claimed
+    })
+}
+
+/// Returns events whose lease expired (their host died) to `pending`, to be
+/// delivered again under the same id, hence the same idempotency key.
+pub async fn release_expired_leases(pool: &PgPool) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE events SET status = 'pending', run_at = now(), lease_id = NULL, \
+         lease_until = NULL, updated_at = now() \
+         WHERE status = 'processing' AND lease_until < now()",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// Gives back leases this host holds but will not complete (shutdown): the
+/// events are `pending` again at once, to be delivered under the same id.
+pub async fn release_leases(pool: &PgPool, events: &[(Uuid, Uuid)]) -> sqlx::Result<u64> {
+    let ids: Vec<Uuid> = events.iter().map(|(id, _)| *id).collect();
+    let leases: Vec<Uuid> = events.iter().map(|(_, lease)| *lease).collect();
+    Ok(sqlx::query(
+        "UPDATE events e SET status = 'pending', run_at = now(), \
+         lease_id = NULL, lease_until = NULL, updated_at = now() \
+         FROM unnest($1::uuid[], $2::uuid[]) AS r(id, lease_id) \
+         WHERE e.id = r.id AND e.lease_id = r.lease_id AND e.status = 'processing'",
+    )
+    .bind(&ids)
+    .bind(&leases)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// How long until the earliest pending event of the given types may run, by
+/// the database's clock; `None` when none is pending.
+pub async fn time_until_next_run(
+    pool: &PgPool,
+    types: &[String],
+) -> sqlx::Result<Option<Duration>> {
+    let seconds: Option<f64> = sqlx::query_scalar(
+        "SELECT EXTRACT(EPOCH FROM (min(run_at) - clock_timestamp()))::float8 \
+         FROM events WHERE status = 'pending' AND event_type = ANY($1)",
+    )
+    .bind(types)
+    .fetch_one(pool)
+    .await?;
+    Ok(seconds.map(|s| Duration::from_secs_f64(s.max(0.0))))
+}
+
+/// Records outcomes where this host still holds the lease (a lost lease
+/// drops the result), and in the same transaction writes each finished
+/// event's successor, or the record that it must be planned later. No plugin
+/// runs here: successors were planned during delivery, so the transaction is
+/// a few statements whatever the plugins do.
+pub async fn complete(pool: &PgPool, completions: &[Completion]) -> anyhow::Result<()> {
+    if completions.is_empty() {
+        return Ok(());
+    }
+    // A deadlock with a concurrent transaction (a scheduling pass inserting
+    // the same next occurrences) rolls the whole batch back; the same batch
+    // tried again goes through.
+    let mut tries = 0;
+    loop {
+        match complete_once(pool, completions).await {
+            Err(error) if tries < 4 && store::is_transient(&error) => {
+                tries += 1;
+                tracing::debug!(%error, tries, "recording outcomes collided with another transaction; trying again");
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Result<()> {
+    let n = completions.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut leases = Vec::with_capacity(n);
+    let mut statuses = Vec::with_capacity(n);
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut run_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    for c in completions {
+        ids.push(c.event.id);
+        leases.push(c.event.lease_id);
+        let (status, error, run_at) = match &c.outcome {
+            DeliveryOutcome::Delivered => ("delivered", None, None),
+            DeliveryOutcome::Retry { error, run_at } => {
+                ("pending", Some(error.as_str()), Some(*run_at))
+            }
+            DeliveryOutcome::Failed { error } => ("failed", Some(error.as_str()), None),
+            DeliveryOutcome::Cancelled { reason } => ("cancelled", Some(reason.as_str()), None),
+            DeliveryOutcome::Released => ("released", None, None),
+        };
+        statuses.push(status);
+        errors.push(error);
+        run_ats.push(run_at);
+    }
+
+    let mut tx = pool.begin().await?;
+    let finished_users: Vec<Uuid> = completions
+        .iter()
+        .filter(|c| c.outcome.finishes_occurrence())
+        .map(|c| c.event.user_id)
+        .collect();
+    // Locked so no user change commits between the check below and the
+    // successors' insert.
+    let versions: HashMap<Uuid, DateTime<Utc>> =
+        store::lock_user_versions(&mut tx, &finished_users)
+            .await?
+            .into_iter()
+            .collect();
+
+    let applied: Vec<Uuid> = sqlx::query_scalar(
+        "UPDATE events e SET \
+             status = CASE WHEN c.status = 'released' THEN 'pending' ELSE c.status END, \
+             attempts = e.attempts - (c.status = 'released')::int, \
+             last_error = CASE WHEN c.status IN ('delivered', 'released') THEN e.last_error \
+                          ELSE c.error END, \
+             run_at = coalesce(c.run_at, e.run_at), \
+             delivered_at = CASE WHEN c.status = 'delivered' THEN now() END, \
+             lease_id = NULL, lease_until = NULL, updated_at = now() \
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) \
+              AS c(id, lease_id, status, error, run_at) \
+         WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
+         RETURNING e.id",
+    )
+    .bind(&ids)
+    .bind(&leases)
+    .bind(&statuses)
+    .bind(&errors)
+    .bind(&run_ats)
+    .fetch_all(&mut *tx)
+    .await?;
+    if applied.len() < n {
+        tracing::warn!(
+            lost = n - applied.len(),
+            "dropped outcomes of events whose lease this host no longer holds"
+        );
+    }
+
+    let applied: std::collections::HashSet<Uuid> = applied.into_iter().collect();
+    let mut plans = Vec::new();
+    let mut replans = Vec::new();
+    for c in completions.iter().filter(|c| applied.contains(&c.event.id)) {
+        // A user that is gone needs nothing; one changed since delivery read
+        // it was rescheduled by that change, which saw this event as due.
+        let Some(version) = versions.get(&c.event.user_id) else {
+            continue;
+        };
+        match &c.successor {
+            Successor::Planned { plan, user_version } if user_version == version => {
+                plans.push(plan.clone());
+            }
+            Successor::Replan { reason } => replans.push(Replan::failed(
+                c.event.user_id,
+                &c.event.event_type,
+                format!("next occurrence after {}: {reason}", c.event.id),
+            )),
+            Successor::Planned { .. } | Successor::End | Successor::NotNeeded => {}
+        }
+    }
+    store::insert_planned(&mut tx, &plans).await?;
+    replan::record(&mut tx, &replans).await?;
+    tx.commit().await?;
+    Ok(())
+}
