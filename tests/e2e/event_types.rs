@@ -7,6 +7,7 @@ use crate::helpers::{
 use kairos::plugin::{Compiled, LoadedPlugin, PluginLimits, PluginRuntime, PluginSource};
 use kairos::scheduler;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -423,8 +424,29 @@ async fn the_watched_directory_loads_replaces_and_unloads_types() {
     assert!(app.registry.get("birthday").is_some(), "birthday untouched");
 }
 
+/// The sha256 of `wit/event-plugin.wit` as released in 0.1.0 (commit 11658a7).
+const WIT_0_1_0_SHA256: &str = "ea405695e387f74cbaa735d84b69119edb30092c550312ae84d9e83de215a774";
+
+/// The frozen copy is the released 0.1.0 interface, so this test cannot be
+/// kept green by editing the copy along with `wit/`. While `wit/` is still
+/// 0.1.0 the two are the same text; the day it moves on, this is the test
+/// that a component built against the old interface still loads and sends.
 #[tokio::test]
 async fn a_plugin_built_against_wit_0_1_0_still_loads() {
+    let frozen = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/compat-0.1.0/wit/event-plugin.wit"),
+    )
+    .unwrap();
+    let digest: String = Sha256::digest(&frozen)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        digest, WIT_0_1_0_SHA256,
+        "tests/fixtures/compat-0.1.0/wit was edited"
+    );
+
     let app = spawn_app().await;
     let response = app
         .put_type("compat", "", plugin_bytes("kairos-compat-v0-1-0"))

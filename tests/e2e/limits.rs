@@ -134,7 +134,25 @@ fn a_log_flood_is_cut_to_the_per_call_cap() {
 
 #[test]
 fn a_plugin_has_no_filesystem_network_environment_clock_or_randomness() {
-    let plugin = misbehave("probe", ROOMY);
+    // A listener the plugin is told to connect to: if the sandbox let it
+    // through, the connection would arrive here and the probe say `ok`.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let runtime = PluginRuntime::new(ROOMY).unwrap();
+    let plugin = LoadedPlugin::load(
+        &runtime,
+        &plugin_bytes("kairos-misbehave"),
+        BTreeMap::from([
+            ("mode.format".to_string(), "probe".to_string()),
+            (
+                "probe.addr".to_string(),
+                listener.local_addr().unwrap().to_string(),
+            ),
+        ]),
+        None,
+        PluginSource::File(plugin_wasm("kairos-misbehave")),
+    )
+    .unwrap();
     let first = plugin.format_message(&subject(), occurrence()).unwrap();
     let fields: BTreeMap<&str, &str> = first
         .split(';')
@@ -144,7 +162,13 @@ fn a_plugin_has_no_filesystem_network_environment_clock_or_randomness() {
     assert_eq!(fields.get("readdir"), Some(&"err"), "{first}");
     assert_eq!(fields.get("env"), Some(&"0"), "{first}");
     assert_eq!(fields.get("clock"), Some(&"0"), "{first}");
-    assert_eq!(fields.get("net"), Some(&"err"), "{first}");
+    // Refused by the host, not a guest without sockets.
+    assert_eq!(fields.get("net"), Some(&"err:PermissionDenied"), "{first}");
+    assert_eq!(
+        listener.accept().unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "no connection reached the listener"
+    );
     assert_eq!(fields.get("instant_ns"), Some(&"0"), "{first}");
     assert!(fields.contains_key("random"), "{first}");
     // And it is a pure function: a second call sees exactly the same world,
