@@ -5,10 +5,11 @@
 //! each `plugin` for the next occurrence and writes it as a pending event;
 //! what a plugin could not plan waits in `replan` until it is. The `claimer`
 //! takes due events under a `lease` and `delivery` sends them as signed
-//! (`signing`) webhooks. `event_types` loads, replaces and unloads types in
-//! a running host; `plugin_kit` is `kairos plugin check|new`. `startup` wires
-//! it all and `supervisor` keeps its loops running; `embedded_pg` is the
-//! default database.
+//! (`signing`) webhooks; `outbound` decides which addresses a webhook may
+//! reach. `event_types` loads, replaces and unloads types in a running host;
+//! `plugin_kit` is `kairos plugin check|new`. `startup` wires it all and
+//! `supervisor` keeps its loops running; `embedded_pg` is the default
+//! database.
 
 pub mod claimer;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod event_types;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod outbound;
 pub mod plugin;
 pub mod plugin_kit;
 pub mod replan;
