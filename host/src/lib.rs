@@ -6,10 +6,10 @@
 //! what a plugin could not plan waits in `replan` until it is. The `claimer`
 //! takes due events under a `lease` and `delivery` sends them as signed
 //! (`signing`) webhooks; `outbound` decides which addresses a webhook may
-//! reach. `event_types` loads, replaces and unloads types in a running host;
-//! `plugin_kit` is `kairos plugin check|new`. `startup` wires it all and
-//! `supervisor` keeps its loops running; `embedded_pg` is the default
-//! database.
+//! reach and keeps URLs out of stored errors. `event_types` loads, replaces
+//! and unloads types in a running host; `plugin_kit` is `kairos plugin
+//! check|new`. `startup` wires it all and `supervisor` keeps its loops
+//! running; `embedded_pg` is the default database.
 
 pub mod claimer;
 pub mod config;

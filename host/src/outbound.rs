@@ -1,5 +1,5 @@
-//! Where webhooks may go: the operator's allow list, the address rule, and a
-//! DNS resolver that refuses before connecting.
+//! Where webhooks may go: the operator's allow list, the address rule, a DNS
+//! resolver that refuses before connecting, and URL-free error text.
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use reqwest::Url;
@@ -12,6 +12,9 @@ use std::sync::Arc;
 /// `KAIROS_WEBHOOK_ALLOW` when unset: loopback only, so a receiver on the same
 /// machine works out of the box.
 pub const DEFAULT_WEBHOOK_ALLOW: &str = "127.0.0.0/8,::1/128";
+
+/// How much of a receiver's error body is read and kept.
+pub const ERROR_BODY_CAP: usize = 512;
 
 /// Networks the operator lets webhooks reach even though they are in a
 /// special-purpose range (`KAIROS_WEBHOOK_ALLOW`).
@@ -387,9 +390,66 @@ pub fn refusal_in(err: &reqwest::Error) -> Option<&RefusedAddress> {
     None
 }
 
+/// `scheme://host[:port]/path`: a URL without its user, password, query and
+/// fragment, fit for logs.
+pub fn redact_url(url: &Url) -> String {
+    match url.host_str() {
+        Some(host) => {
+            let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{host}{port}{}", url.scheme(), url.path())
+        }
+        None => format!("{}:", url.scheme()),
+    }
+}
+
+/// A failed send as stored in `last_error`: its kind and cause chain, never
+/// its URL (which may carry credentials or a token in the query).
+pub fn describe_send_error(err: reqwest::Error) -> String {
+    if err.is_timeout() {
+        return "timeout: the webhook did not answer in time".into();
+    }
+    let kind = if err.is_connect() {
+        "connection error"
+    } else {
+        "request error"
+    };
+    let err = err.without_url();
+    let mut text = format!("{kind}: {err}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Reads a response body up to `cap` bytes and drops the rest unread.
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while body.len() < cap {
+        let Some(chunk) = response.chunk().await? else {
+            break;
+        };
+        let room = cap - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    Ok(body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::Router;
+    use axum::body::{Body, Bytes};
+    use axum::routing::get;
+    use std::time::Duration;
     use tokio::net::TcpListener;
 
     fn ip(text: &str) -> IpAddr {
@@ -407,6 +467,13 @@ mod tests {
     async fn closed_loopback_port() -> u16 {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap().port()
+    }
+
+    async fn serve(app: Router) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        address
     }
 
     #[test]
@@ -634,6 +701,7 @@ mod tests {
         let refused = refusal_in(&err).expect("the refusal is in the error chain");
         assert_eq!(refused.host.as_deref(), Some("localhost"));
         assert!(refused.address.is_loopback());
+        assert!(describe_send_error(err).contains("address not allowed: localhost resolves to"));
     }
 
     #[tokio::test]
@@ -648,5 +716,105 @@ mod tests {
             .await
             .unwrap_err();
         assert!(refusal_in(&err).is_none());
+    }
+
+    #[test]
+    fn redact_url_keeps_scheme_host_port_and_path_only() {
+        assert_eq!(
+            redact_url(&url(
+                "https://user:secret@hooks.example.com:8443/a/b?token=abc#frag"
+            )),
+            "https://hooks.example.com:8443/a/b"
+        );
+        assert_eq!(
+            redact_url(&url("http://[::1]/hook?x=1")),
+            "http://[::1]/hook"
+        );
+        assert_eq!(
+            redact_url(&url("https://hooks.example.com:443")),
+            "https://hooks.example.com/"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_send_error_carries_no_credentials_or_query() {
+        let client = client_builder(Arc::new(AllowList::default()))
+            .build()
+            .unwrap();
+        let port = closed_loopback_port().await;
+        let err = client
+            .post(format!(
+                "http://user:secret@127.0.0.1:{port}/hook?token=abc"
+            ))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("token=abc"),
+            "reqwest's own text has the URL"
+        );
+        let text = describe_send_error(err);
+        assert!(text.starts_with("connection error: "), "{text}");
+        for leak in ["secret", "user", "token", "abc", "/hook"] {
+            assert!(!text.contains(leak), "{leak:?} in {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_webhook_that_does_not_answer_in_time_is_a_timeout() {
+        let app = Router::new().route(
+            "/",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+        let address = serve(app).await;
+        let client = client_builder(Arc::new(AllowList::default()))
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let err = client
+            .get(format!("http://{address}/?token=abc"))
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            describe_send_error(err),
+            "timeout: the webhook did not answer in time"
+        );
+    }
+
+    #[tokio::test]
+    async fn read_capped_stops_at_the_cap() {
+        let app = Router::new()
+            .route("/big", get(|| async { vec![b'x'; 5 * 1024 * 1024] }))
+            .route(
+                "/endless",
+                get(|| async {
+                    let chunk = Bytes::from(vec![b'y'; 64 * 1024]);
+                    Body::from_stream(futures::stream::repeat(Ok::<_, std::convert::Infallible>(
+                        chunk,
+                    )))
+                }),
+            )
+            .route("/small", get(|| async { "short" }));
+        let address = serve(app).await;
+        let client = client_builder(Arc::new(AllowList::default()))
+            .build()
+            .unwrap();
+        let get_body = |path: &'static str| {
+            let request = client.get(format!("http://{address}{path}"));
+            async move { read_capped(request.send().await.unwrap(), ERROR_BODY_CAP).await }
+        };
+
+        let big = get_body("/big").await.unwrap();
+        assert_eq!(big, vec![b'x'; ERROR_BODY_CAP]);
+        let endless = tokio::time::timeout(Duration::from_secs(10), get_body("/endless"))
+            .await
+            .expect("an endless body is not read to its end")
+            .unwrap();
+        assert_eq!(endless.len(), ERROR_BODY_CAP);
+        assert_eq!(get_body("/small").await.unwrap(), b"short");
     }
 }
