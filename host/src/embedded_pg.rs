@@ -1,55 +1,92 @@
 //! The embedded default database: a private PostgreSQL cluster run from the
 //! machine's own binaries in a directory kairos owns, kept between runs.
 //! PostgreSQL refuses to run as root, so as root the cluster runs as the
-//! `postgres` user. It listens only on a Unix socket inside its directory.
+//! `postgres` user. It listens only on a Unix socket in a directory only that
+//! user can enter, and asks for a password kairos generated and keeps there.
 
 use anyhow::{Context, bail};
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// The superuser and database the embedded cluster is created with.
 const DB_USER: &str = "kairos";
 const DB_NAME: &str = "kairos"; // also spelled out in `ensure_database`
 const PORT: u16 = 5432;
 
+/// The whole `pg_hba.conf`, rewritten on every start: password logins over
+/// the Unix socket, nothing over TCP.
+const PG_HBA: &str = "\
+# Written by kairos on every start; edits here are overwritten.
+# TYPE  DATABASE  USER  METHOD
+local   all       all   scram-sha-256
+";
+
 /// A running cluster this process started (or found running) and will stop.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
     data_dir: PathBuf,
     socket_dir: PathBuf,
+    /// `<dir>/password`: the superuser's password, kept so later runs can log in.
+    password_file: PathBuf,
+    password: Password,
     run_as: Option<String>,
     stopped: bool,
 }
 
+/// The superuser's password: lowercase hex, so it needs no escaping in a URL
+/// or an SQL string literal. Its `Debug` does not show it.
+struct Password(String);
+
+impl Password {
+    fn generate() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        Self(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(..)")
+    }
+}
+
 impl EmbeddedPostgres {
-    /// Initialises `dir` if it holds no cluster yet, then starts it.
+    /// Initialises `dir` if it holds no cluster yet, gives a cluster made by
+    /// an earlier kairos (no password) a password, then starts it.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {
         let dir = absolute(dir)?;
         let data_dir = dir.join("data");
-        let socket_dir = dir.join("run");
-        let run_as = running_as_root().then(|| "postgres".to_string());
+        let password_file = dir.join("password");
+        let initialised = data_dir.join("PG_VERSION").exists();
+        let has_password = initialised && password_file.exists();
+        let password = if has_password {
+            let text = std::fs::read_to_string(&password_file)
+                .with_context(|| format!("reading {}", password_file.display()))?;
+            Password(text.trim().to_string())
+        } else {
+            Password::generate()
+        };
         let pg = Self {
             data_dir,
-            socket_dir,
-            run_as,
+            socket_dir: dir.join("run"),
+            password_file,
+            password,
+            run_as: running_as_root().then(|| "postgres".to_string()),
             stopped: false,
         };
 
         std::fs::create_dir_all(&pg.socket_dir)
             .with_context(|| format!("creating {}", pg.socket_dir.display()))?;
-        if let Some(user) = &pg.run_as {
-            // The cluster's user must reach its directories.
-            let status = Command::new("chown")
-                .args(["-R", &format!("{user}:"), path_str(&dir)?])
-                .status()
-                .context("running chown")?;
-            if !status.success() {
-                bail!("chown of {} to {user} failed", dir.display());
-            }
-        }
+        pg.give_to_cluster_user(&dir, true)?;
+        std::fs::set_permissions(&pg.socket_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", pg.socket_dir.display()))?;
 
-        if !pg.data_dir.join("PG_VERSION").exists() {
+        if !initialised {
             tracing::info!(dir = %pg.data_dir.display(), "initialising the embedded PostgreSQL cluster");
+            pg.write_password_file()?;
             pg.run(
                 "initdb",
                 &[
@@ -57,17 +94,27 @@ impl EmbeddedPostgres {
                     path_str(&pg.data_dir)?,
                     "-U",
                     DB_USER,
-                    "--auth=trust",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                    &format!("--pwfile={}", path_str(&pg.password_file)?),
                     "--encoding=UTF8",
                     "--no-instructions",
                 ],
             )?;
+        } else if !has_password {
+            tracing::info!(dir = %pg.data_dir.display(), "giving the embedded PostgreSQL cluster a password");
+            pg.set_password_of_passwordless_cluster()?;
         }
+
+        let pg_hba_changed = pg.write_pg_hba()?;
         if pg.is_running() {
             tracing::info!("the embedded PostgreSQL cluster is already running; using it");
+            if pg_hba_changed {
+                pg.run("pg_ctl", &["reload", "-D", path_str(&pg.data_dir)?])?;
+            }
         } else {
             let options = format!(
-                "-c listen_addresses='' -k {} -p {PORT} -c max_connections=200 -c fsync=on",
+                "-c listen_addresses='' -k {} -c unix_socket_permissions=0700 -p {PORT} -c max_connections=200 -c fsync=on",
                 path_str(&pg.socket_dir)?
             );
             pg.run(
@@ -98,7 +145,8 @@ impl EmbeddedPostgres {
     /// A URL for a database of this cluster, over its Unix socket.
     pub fn url(&self, database: &str) -> String {
         format!(
-            "postgres://{DB_USER}@localhost:{PORT}/{database}?host={}",
+            "postgres://{DB_USER}:{}@localhost:{PORT}/{database}?host={}",
+            self.password.0,
             self.socket_dir.display()
         )
     }
@@ -121,6 +169,67 @@ impl EmbeddedPostgres {
         Ok(self.url(DB_NAME))
     }
 
+    /// A cluster initialised by an earlier kairos trusts every local
+    /// connection and its superuser has no password. Sets one in single-user
+    /// mode (the server stopped), so the password is never on a command line
+    /// and no connection is made while the cluster still trusts anyone. The
+    /// file is written only once the role has the password: a crash in
+    /// between leaves the cluster as it was, and the next start tries again.
+    fn set_password_of_passwordless_cluster(&self) -> anyhow::Result<()> {
+        if self.is_running() {
+            self.pg_ctl_stop()?;
+        }
+        // The password is hex (`Password`), so it is safe inside the quotes.
+        let statements = format!(
+            "SET password_encryption = 'scram-sha-256'\nALTER ROLE {DB_USER} PASSWORD '{}'\n",
+            self.password.0
+        );
+        self.run_with_input(
+            "postgres",
+            &[
+                "--single",
+                "-D",
+                path_str(&self.data_dir)?,
+                "-c",
+                "exit_on_error=on",
+                "postgres",
+            ],
+            &statements,
+        )
+        .context("setting the password of the embedded PostgreSQL superuser")?;
+        self.write_password_file()
+    }
+
+    /// Writes the password file, readable only by the cluster's user (initdb
+    /// reads it as that user), replacing any earlier one at once.
+    fn write_password_file(&self) -> anyhow::Result<()> {
+        let partial = self.password_file.with_extension("new");
+        let _ = std::fs::remove_file(&partial);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)
+            .with_context(|| format!("creating {}", partial.display()))?;
+        writeln!(file, "{}", self.password.0)
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", partial.display()))?;
+        self.give_to_cluster_user(&partial, false)?;
+        std::fs::rename(&partial, &self.password_file)
+            .with_context(|| format!("replacing {}", self.password_file.display()))
+    }
+
+    /// Makes `pg_hba.conf` exactly `PG_HBA`; true if it had to be rewritten.
+    fn write_pg_hba(&self) -> anyhow::Result<bool> {
+        let path = self.data_dir.join("pg_hba.conf");
+        if std::fs::read_to_string(&path).is_ok_and(|text| text == PG_HBA) {
+            return Ok(false);
+        }
+        std::fs::write(&path, PG_HBA).with_context(|| format!("writing {}", path.display()))?;
+        self.give_to_cluster_user(&path, false)?;
+        Ok(true)
+    }
+
     fn is_running(&self) -> bool {
         self.run(
             "pg_ctl",
@@ -135,37 +244,78 @@ impl EmbeddedPostgres {
             return Ok(());
         }
         self.stopped = true;
+        self.pg_ctl_stop()
+    }
+
+    fn pg_ctl_stop(&self) -> anyhow::Result<()> {
         self.run(
             "pg_ctl",
             &["stop", "-w", "-m", "fast", "-D", path_str(&self.data_dir)?],
         )
     }
 
+    /// As root, hands `path` to the cluster's user, which must read it.
+    fn give_to_cluster_user(&self, path: &Path, recursive: bool) -> anyhow::Result<()> {
+        let Some(user) = &self.run_as else {
+            return Ok(());
+        };
+        let mut command = Command::new("chown");
+        if recursive {
+            command.arg("-R");
+        }
+        let status = command
+            .args([&format!("{user}:"), path_str(path)?])
+            .status()
+            .context("running chown")?;
+        if !status.success() {
+            bail!("chown of {} to {user} failed", path.display());
+        }
+        Ok(())
+    }
+
     fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
-        let program = &find_binary(program);
+        let (program, mut command) = self.command(program);
+        let output = command
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| cannot_run_hint(&program))?;
+        ensure_success(&program, &output)
+    }
+
+    fn run_with_input(&self, program: &str, args: &[&str], input: &str) -> anyhow::Result<()> {
+        let (program, mut command) = self.command(program);
+        let mut child = command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| cannot_run_hint(&program))?;
+        let mut stdin = child.stdin.take().context("no stdin")?;
+        stdin
+            .write_all(input.as_bytes())
+            .with_context(|| format!("writing to {program}"))?;
+        drop(stdin);
+        let output = child
+            .wait_with_output()
+            .with_context(|| format!("running {program}"))?;
+        ensure_success(&program, &output)
+    }
+
+    /// The program, found, and a command running it as the cluster's user.
+    fn command(&self, program: &str) -> (String, Command) {
+        let program = find_binary(program);
         let mut command = match &self.run_as {
             Some(user) => {
                 let mut c = Command::new("runuser");
-                c.args(["-u", user, "--", program]);
+                c.args(["-u", user, "--", &program]);
                 c
             }
-            None => Command::new(program),
+            None => Command::new(&program),
         };
-        let output = command
-            .args(args)
-            .current_dir("/")
-            .output()
-            .with_context(|| {
-                format!("running {program}: are the PostgreSQL binaries installed and on PATH?")
-            })?;
-        if !output.status.success() {
-            bail!(
-                "{program} failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(())
+        command.current_dir("/");
+        (program, command)
     }
 }
 
@@ -180,9 +330,25 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
+fn cannot_run_hint(program: &str) -> String {
+    format!("running {program}: are the PostgreSQL binaries installed and on PATH?")
+}
+
+fn ensure_success(program: &str, output: &std::process::Output) -> anyhow::Result<()> {
+    if !output.status.success() {
+        bail!(
+            "{program} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// A PostgreSQL program: on PATH, else the newest Debian-style
 /// `/usr/lib/postgresql/N/bin`, where the `postgresql` package puts it.
-fn find_binary(program: &str) -> String {
+/// Public so tests can make clusters the way earlier versions did.
+pub fn find_binary(program: &str) -> String {
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
         .unwrap_or(false);

@@ -5,6 +5,7 @@
 mod access;
 mod api;
 mod delivery;
+mod embedded;
 mod event_types;
 mod helpers;
 mod kit;
