@@ -3,6 +3,7 @@
 
 use crate::claimer::ClaimerSettings;
 use crate::delivery::{DeliverySettings, RetryPolicy};
+use crate::outbound::{self, AllowList};
 use crate::plugin::PluginLimits;
 use crate::signing;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -105,14 +106,10 @@ pub struct Settings {
     /// client routes are open, which is allowed only on a loopback bind.
     #[arg(long, env = "KAIROS_API_TOKENS", hide_env_values = true)]
     pub api_tokens: Option<String>,
-    /// CIDRs webhooks may go to although they are private, link-local or
-    /// otherwise special (comma-separated; `none` for none).
-    #[arg(
-        long,
-        env = "KAIROS_WEBHOOK_ALLOW",
-        default_value = "127.0.0.0/8,::1/128"
-    )]
-    pub webhook_allow: String,
+    /// CIDRs webhooks may go to although they are private, loopback,
+    /// link-local or otherwise special (comma-separated; `none` for none).
+    #[arg(long, env = "KAIROS_WEBHOOK_ALLOW", default_value = outbound::DEFAULT_WEBHOOK_ALLOW, value_parser = parse_allow_list)]
+    pub webhook_allow: AllowList,
     /// Delivery attempts before an event is `failed`.
     #[arg(long, env = "KAIROS_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
@@ -174,6 +171,11 @@ pub struct Settings {
     /// Users per transaction when a loaded type is scheduled for everyone.
     #[arg(long, env = "KAIROS_SCHEDULE_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub schedule_batch: u32,
+}
+
+fn parse_allow_list(text: &str) -> Result<AllowList, String> {
+    text.parse()
+        .map_err(|e: outbound::BadAllowEntry| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -272,6 +274,7 @@ impl Settings {
                 max_attempts: self.max_attempts,
             },
             max_lateness: self.max_lateness,
+            allow: std::sync::Arc::new(self.webhook_allow.clone()),
         }
     }
 

@@ -4,6 +4,7 @@
 //! outcomes (`lease::complete`) runs no plugin.
 
 use crate::lease::{ClaimedEvent, Completion, DeliveryOutcome, Successor};
+use crate::outbound::{self, AllowList};
 use crate::plugin::{LoadedPlugin, Registry};
 use crate::store::{self, User, format_local};
 use crate::{metrics, scheduler, signing};
@@ -48,6 +49,10 @@ pub struct DeliverySettings {
     pub retry: RetryPolicy,
     /// Events due longer ago than this are failed rather than sent late.
     pub max_lateness: Option<Duration>,
+    /// Special-purpose addresses webhooks may reach anyway
+    /// (`KAIROS_WEBHOOK_ALLOW`); names are checked by the client's resolver,
+    /// IP literals here.
+    pub allow: Arc<AllowList>,
 }
 
 /// Everything a delivery needs, shared by all of them.
@@ -183,6 +188,10 @@ impl Deliverer {
             .ok_or_else(|| {
                 AttemptError::retryable("no webhook URL configured (KAIROS_WEBHOOK_URL)")
             })?;
+        let url = reqwest::Url::parse(url)
+            .map_err(|e| AttemptError::permanent(format!("the webhook URL is not a URL: {e}")))?;
+        outbound::check_literal(&url, &self.settings.allow)
+            .map_err(|refused| AttemptError::permanent(refused.to_string()))?;
         let body = serde_json::to_vec(&serde_json::json!({
             "id": event.id,
             "event_type": event.event_type,
@@ -209,11 +218,14 @@ impl Deliverer {
                 signing::sign(key, &id, timestamp, &body),
             );
         }
-        let response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| AttemptError::retryable(describe_reqwest_error(&e)))?;
+        let response = request.body(body).send().await.map_err(|e| {
+            // A name that resolves to a refused address: no connection was
+            // made, and none will be.
+            match outbound::refusal_in(&e) {
+                Some(refused) => AttemptError::permanent(refused.to_string()),
+                None => AttemptError::retryable(outbound::describe_send_error(e)),
+            }
+        })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -274,18 +286,11 @@ async fn plan_successor(plugin: Arc<LoadedPlugin>, user: User, event: &ClaimedEv
     }
 }
 
-fn describe_reqwest_error(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timeout: the webhook did not answer in time".into()
-    } else if e.is_connect() {
-        format!("connection error: {e}")
-    } else {
-        format!("request error: {e}")
-    }
-}
-
+/// The start of a receiver's error body, read up to `ERROR_BODY_CAP` bytes.
 async fn response_snippet(response: reqwest::Response) -> String {
-    let bytes = response.bytes().await.unwrap_or_default();
+    let bytes = outbound::read_capped(response, outbound::ERROR_BODY_CAP)
+        .await
+        .unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]);
     let text = text.trim();
     if text.is_empty() {

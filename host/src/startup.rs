@@ -8,6 +8,7 @@ use crate::delivery::Deliverer;
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::event_types::EventTypes;
 use crate::http::{self, AppState};
+use crate::outbound::{self, AllowList};
 use crate::plugin::{PluginRuntime, Registry, watcher};
 use crate::replan::Replanner;
 use crate::supervisor::{self, LoopState};
@@ -80,10 +81,14 @@ impl Application {
             None
         };
 
-        let client = reqwest::Client::builder()
+        let allow = Arc::new(settings.webhook_allow.clone());
+        tracing::info!(allow = %allow, "webhooks may reach public addresses and these ranges (KAIROS_WEBHOOK_ALLOW)");
+        if let Some(url) = &settings.webhook_url {
+            warn_if_refused("KAIROS_WEBHOOK_URL", url, &allow).await;
+        }
+        let client = outbound::client_builder(allow.clone())
             .timeout(settings.http_timeout)
             .connect_timeout(settings.http_timeout)
-            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let deliverer = Arc::new(Deliverer::new(
@@ -119,6 +124,7 @@ impl Application {
                 event_types,
                 tokens: Arc::new(tokens),
                 loops,
+                webhook_allow: allow,
             },
             deliverer,
             claimer_state,
@@ -224,6 +230,25 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Says at start when the default webhook URL goes where delivery will
+/// refuse to send (checked again at every send: DNS answers change).
+async fn warn_if_refused(name: &str, url: &str, allow: &AllowList) {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return;
+    };
+    let checked = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        outbound::check_url(&parsed, allow),
+    )
+    .await;
+    if let Ok(Err(refused)) = checked {
+        tracing::warn!(
+            url = %outbound::redact_url(&parsed),
+            "{name}: {refused}; events sent there will fail"
+        );
     }
 }
 

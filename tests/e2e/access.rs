@@ -1,8 +1,13 @@
-//! Who may call what: client routes take a client or the admin token, admin
-//! routes only the admin token, open routes none; a refused request writes
-//! nothing and its body is not read.
+//! Who may call what, and where webhooks may go: client routes take a
+//! client or the admin token, admin routes only the admin token, open routes
+//! none, and a refused request writes nothing and its body is not read;
+//! webhooks reach private, link-local or loopback addresses only when the
+//! operator allows them, and stored errors carry no URL secrets.
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, ada, plugin_bytes, spawn_app_with};
+use crate::helpers::{
+    ADMIN_TOKEN, TestApp, ada, plugin_bytes, spawn_app, spawn_app_with, urlencode,
+};
+use kairos::outbound::AllowList;
 use serde_json::Value;
 
 const CLIENT_TOKEN: &str = "client-token-1";
@@ -122,4 +127,100 @@ async fn without_client_tokens_a_loopback_host_serves_client_routes_openly() {
     let app = spawn_app_with(|s| s.api_tokens = None).await;
     assert!(app.settings.bind.ip().is_loopback());
     assert_eq!(app.post_json("/users", &ada()).await.status(), 201);
+}
+
+/// `PUT /event-types/anniversary?webhook_url=URL` with the admin token.
+async fn put_anniversary_with_webhook(app: &TestApp, url: &str) -> reqwest::Response {
+    app.put_type(
+        "anniversary",
+        &format!("?webhook_url={}", urlencode(url)),
+        plugin_bytes("kairos-anniversary"),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_webhook_url_resolving_to_link_local_or_private_is_refused_unless_allowed() {
+    let app = spawn_app().await;
+    for (url, range) in [
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://10.0.0.1/hook", "private"),
+        ("http://[fd00:ec2::254]/hook", "unique local"),
+        ("http://[::ffff:10.0.0.1]/hook", "private"),
+    ] {
+        let response = put_anniversary_with_webhook(&app, url).await;
+        assert_eq!(response.status(), 400, "{url}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["field"], "webhook_url", "{url}: {body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("not allowed") && error.contains(range),
+            "{url}: {error}"
+        );
+    }
+    assert!(app.registry.get("anniversary").is_none(), "nothing loaded");
+    // Loopback is allowed by default, by address and by name.
+    let response = put_anniversary_with_webhook(&app, "http://localhost:9/hook").await;
+    assert_eq!(response.status(), 201);
+
+    let allowing = spawn_app_with(|s| s.webhook_allow = "10.0.0.0/8".parse().unwrap()).await;
+    let response = put_anniversary_with_webhook(&allowing, "http://10.0.0.1/hook").await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    let response =
+        put_anniversary_with_webhook(&allowing, "http://169.254.169.254/latest/meta-data").await;
+    assert_eq!(response.status(), 400, "only what is listed is allowed");
+}
+
+#[tokio::test]
+async fn an_event_whose_webhook_goes_to_a_refused_address_fails_at_once_without_a_connection() {
+    // `none`: loopback is refused too. The receiver's URL names it by
+    // address (checked before sending) or by name (checked by the resolver).
+    for (host, refusal) in [
+        ("127.0.0.1", "address not allowed: 127.0.0.1 is in loopback"),
+        ("localhost", "address not allowed: localhost resolves to "),
+    ] {
+        let app = spawn_app_with(|s| {
+            s.webhook_allow = AllowList::none();
+            s.webhook_url = s.webhook_url.as_ref().map(|u| u.replace("127.0.0.1", host));
+            s.claimer = true;
+        })
+        .await;
+        let user = app.create_user(&ada()).await;
+        let event_id = app.events_of(user["id"].as_str().unwrap()).await[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        app.make_due(&event_id).await;
+        let failed = app.wait_for_status(&event_id, "failed").await;
+        assert_eq!(failed["attempts"], 1, "not retried: {failed}");
+        let error = failed["last_error"].as_str().unwrap();
+        assert!(error.starts_with(refusal), "{host}: {error}");
+        assert!(error.contains("KAIROS_WEBHOOK_ALLOW"), "{error}");
+        assert!(app.receiver.received().is_empty(), "no connection was made");
+    }
+}
+
+#[tokio::test]
+async fn stored_errors_carry_no_url_credentials_or_query() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = spawn_app_with(|s| {
+        s.webhook_url = Some(format!("http://user:s3cret@{closed}/hook?token=abc123"));
+        s.claimer = true;
+    })
+    .await;
+    let user = app.create_user(&ada()).await;
+    let event_id = app.events_of(user["id"].as_str().unwrap()).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.make_due(&event_id).await;
+    let failed = app.wait_for_status(&event_id, "failed").await;
+    let error = failed["last_error"].as_str().unwrap();
+    assert!(error.starts_with("connection error"), "{error}");
+    for secret in ["s3cret", "abc123", "token", "user:"] {
+        assert!(!error.contains(secret), "{secret} in {error}");
+    }
 }

@@ -3,6 +3,7 @@
 
 use crate::helpers::{
     ADMIN_TOKEN, TestApp, ada, eventually, plugin_bytes, spawn_app, spawn_app_on, spawn_app_with,
+    urlencode,
 };
 use kairos::plugin::{Compiled, LoadedPlugin, PluginLimits, PluginRuntime, PluginSource};
 use kairos::scheduler;
@@ -34,17 +35,6 @@ async fn the_pending(app: &TestApp, user_id: &str, event_type: &str) -> Value {
 
 fn occurrence_of(event: &Value) -> &str {
     event["occurrence"].as_str().unwrap()
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn pending_of_type<'a>(events: &'a [Value], event_type: &str) -> Vec<&'a Value> {

@@ -582,3 +582,15 @@ pub fn ada() -> Value {
         "attributes": {"email": "ada@example.com"}
     })
 }
+
+/// `text` percent-encoded for a query string.
+pub fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

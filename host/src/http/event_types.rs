@@ -4,6 +4,7 @@
 use super::error::ApiError;
 use super::{AppState, auth};
 use crate::event_types::{Change, UploadError};
+use crate::outbound::{self, AllowList};
 use crate::plugin::{LoadedPlugin, PluginConfig, PluginFile, PluginSource, valid_type_name};
 use crate::replan;
 use axum::body::Bytes;
@@ -111,6 +112,9 @@ async fn upload(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_name(&name)?;
     let settings = settings_from_query(query)?;
+    if let Some(url) = &settings.webhook_url {
+        check_webhook_url(&state.webhook_allow, url).await?;
+    }
     if let Some(kind) = headers.get(header::CONTENT_TYPE) {
         let kind = kind.to_str().unwrap_or("");
         if !matches!(
@@ -176,6 +180,23 @@ fn check_name(name: &str) -> Result<(), ApiError> {
             "name",
             "a type name is 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit",
         ))
+    }
+}
+
+/// A type's webhook must go where delivery may send: checked now, as far as
+/// DNS says today, so the operator hears of it at once (delivery checks
+/// again at every send).
+async fn check_webhook_url(allow: &AllowList, url: &str) -> Result<(), ApiError> {
+    const RESOLVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ApiError::bad_request("webhook_url", format!("not a URL: {e}")))?;
+    match tokio::time::timeout(RESOLVE_WITHIN, outbound::check_url(&parsed, allow)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(refused)) => Err(ApiError::bad_request("webhook_url", refused.to_string())),
+        Err(_) => Err(ApiError::bad_request(
+            "webhook_url",
+            format!("its host did not resolve within {RESOLVE_WITHIN:?}"),
+        )),
     }
 }
 

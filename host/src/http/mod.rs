@@ -36,6 +36,8 @@ pub struct AppState {
     pub tokens: Arc<auth::Tokens>,
     /// The supervised background loops; `/ready` fails while one is down.
     pub loops: Arc<[Arc<LoopState>]>,
+    /// Where webhooks may go: a type's `webhook_url` is checked against it.
+    pub webhook_allow: Arc<crate::outbound::AllowList>,
 }
 
 impl AppState {
