@@ -224,12 +224,17 @@ impl Replanner {
         Ok(taken.len())
     }
 
-    /// Steps every `every` until `shutdown` resolves. A step that fails is
-    /// logged and the next one tries again.
+    /// Steps every `every` until `shutdown` resolves, which also stops a
+    /// step midway (its pairs come back when their hold ends). A step that
+    /// fails is logged and the next one tries again.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         loop {
-            let more = match self.run_once().await {
+            let step = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                step = self.run_once() => step,
+            };
+            let more = match step {
                 Ok(taken) => taken as i64 == BATCH,
                 Err(error) => {
                     tracing::error!(

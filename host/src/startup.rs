@@ -205,7 +205,7 @@ impl Application {
         tracing::info!(addr = %self.local_addr(), "kairos is serving");
         let app = http::router(self.state.clone());
         let server = axum::serve(self.listener, app).with_graceful_shutdown(wait_stop(stop_rx));
-        let server = tokio::spawn(async move { server.await });
+        let mut server = tokio::spawn(async move { server.await });
 
         shutdown.await;
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
@@ -218,11 +218,13 @@ impl Application {
         }
         // Requests still open when the grace is over are cut.
         let margin = std::time::Duration::from_millis(500);
-        match tokio::time::timeout_at(deadline.max(tokio::time::Instant::now() + margin), server)
-            .await
-        {
+        let drain_until = deadline.max(tokio::time::Instant::now() + margin);
+        match tokio::time::timeout_at(drain_until, &mut server).await {
             Ok(served) => served??,
-            Err(_) => tracing::warn!("HTTP requests still open after the grace were cut"),
+            Err(_) => {
+                server.abort();
+                tracing::warn!("HTTP requests still open after the grace were cut");
+            }
         }
         self.state.pool.close().await;
         if let Some(mut embedded) = self.embedded.take() {
