@@ -108,7 +108,7 @@ async fn the_admin_api_refuses_requests_without_the_right_bearer_token() {
 
 #[tokio::test]
 async fn an_uploaded_type_is_scheduled_for_users_created_before_it_and_delivers() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.claimer = true).await;
     let user = app.create_user(&ada()).await;
     let id = user["id"].as_str().unwrap();
     assert!(events_of_type(&app.events_of(id).await, "anniversary").is_empty());
@@ -137,7 +137,6 @@ async fn an_uploaded_type_is_scheduled_for_users_created_before_it_and_delivers(
     let year: i32 = occurrence[..4].parse().unwrap();
 
     app.make_due(event["id"].as_str().unwrap()).await;
-    app.run_claimer_once().await;
     let received = app.receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].body["event_type"], "anniversary");
     assert_eq!(
@@ -437,7 +436,7 @@ async fn a_plugin_built_against_wit_0_1_0_still_loads() {
         "tests/fixtures/compat-0.1.0/wit was edited"
     );
 
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.claimer = true).await;
     let response = app
         .put_type("compat", "", plugin_bytes("kairos-compat-v0-1-0"))
         .await;
@@ -450,7 +449,6 @@ async fn a_plugin_built_against_wit_0_1_0_still_loads() {
     let compat = events_of_type(&events, "compat");
     assert_eq!(compat.len(), 1, "{events:?}");
     app.make_due(compat[0]["id"].as_str().unwrap()).await;
-    app.run_claimer_once().await;
     let received = app.receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(received[0].body["message"]["text"], "compat Ada");
 }

@@ -497,15 +497,6 @@ impl TestApp {
         assert_eq!(updated, 1);
     }
 
-    /// Makes an event runnable now (a retry's backoff has passed).
-    pub async fn make_runnable(&self, event_id: &str) {
-        sqlx::query("UPDATE events SET run_at = now() - interval '1 millisecond' WHERE id = $1")
-            .bind(Uuid::parse_str(event_id).unwrap())
-            .execute(&self.pool)
-            .await
-            .unwrap();
-    }
-
     /// One claimer step: claim due events, deliver, record. Returns the count claimed.
     pub async fn run_claimer_once(&self) -> usize {
         self.claimer.run_once().await.expect("claimer step")

@@ -2,7 +2,7 @@
 //! new`, build, `kairos plugin check`, load into a running host — here as a
 //! replacement for birthday under concurrent load, with no failed call.
 
-use crate::helpers::{ada, plugin_wasm, spawn_app};
+use crate::helpers::{ada, plugin_wasm, spawn_app_with};
 use kairos::plugin::check::FIXTURES;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -145,7 +145,7 @@ async fn a_new_plugin_builds_passes_check_and_replaces_birthday_under_load_witho
 
     // 2. A running host under load: creating users (generation) and
     //    formatting messages on blocking threads, all the time.
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| s.claimer = true).await;
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(AtomicU64::new(0));
     let new_text_seen = Arc::new(AtomicU64::new(0));
@@ -222,7 +222,6 @@ async fn a_new_plugin_builds_passes_check_and_replaces_birthday_under_load_witho
     let events = app.events_of(&user_id).await;
     let pending = events.iter().find(|e| e["status"] == "pending").unwrap();
     app.make_due(pending["id"].as_str().unwrap()).await;
-    app.run_claimer_once().await;
     let received = app.receiver.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(
         received[0].body["message"]["text"],
