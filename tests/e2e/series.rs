@@ -258,9 +258,11 @@ async fn an_event_claimed_by_a_host_without_its_type_still_has_a_pending_series_
 async fn a_plugin_slower_than_the_lease_after_delivery_does_not_duplicate_its_batch() {
     // Planning each successor takes the whole plugin deadline (the plugin
     // loops until stopped); eight of them one after another would outlast
-    // the lease.
+    // the lease. The claimer wakes often, so its rescuer would take back an
+    // expired lease at once, as another replica's would.
     let app = spawn_app_with(|s| {
         s.claimer = true;
+        s.idle_poll = Duration::from_millis(100);
         s.lease = Duration::from_secs(2);
         s.http_timeout = Duration::from_secs(1);
         s.plugin_deadline = Duration::from_millis(400);
