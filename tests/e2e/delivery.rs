@@ -15,21 +15,10 @@ async fn running_app() -> TestApp {
     spawn_app_with(|s| s.claimer = true).await
 }
 
-/// Creates Ada and returns (user id, her birthday event id).
-async fn ada_with_event(app: &TestApp) -> (String, String) {
-    let user = app.create_user(&ada()).await;
-    let user_id = user["id"].as_str().unwrap().to_string();
-    let event_id = app.events_of(&user_id).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    (user_id, event_id)
-}
-
 #[tokio::test]
 async fn a_due_event_is_delivered_once_signed_and_the_next_year_is_scheduled() {
     let app = running_app().await;
-    let (user_id, event_id) = ada_with_event(&app).await;
+    let (user_id, event_id) = app.ada_with_event().await;
     let event = app.event(&event_id).await;
     app.make_due(&event_id).await;
     let delivered = app.wait_for_status(&event_id, "delivered").await;
@@ -93,7 +82,7 @@ async fn without_a_secret_no_signature_is_sent() {
         s.claimer = true;
     })
     .await;
-    let (_, event_id) = ada_with_event(&app).await;
+    let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
     app.wait_for_status(&event_id, "delivered").await;
     let received = app.receiver.received();
@@ -106,7 +95,7 @@ async fn without_a_secret_no_signature_is_sent() {
 async fn server_errors_are_retried_with_backoff_until_success() {
     let app = running_app().await;
     app.receiver.respond_with(&[503, 429]);
-    let (_, event_id) = ada_with_event(&app).await;
+    let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
 
     let done = app.wait_for_status(&event_id, "delivered").await;
@@ -137,7 +126,7 @@ async fn server_errors_are_retried_with_backoff_until_success() {
 async fn a_client_error_fails_the_event_at_once() {
     let app = running_app().await;
     app.receiver.respond_with(&[400]);
-    let (user_id, event_id) = ada_with_event(&app).await;
+    let (user_id, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
     let failed = app.wait_for_status(&event_id, "failed").await;
     assert_eq!(failed["attempts"], 1);
@@ -154,7 +143,7 @@ async fn a_client_error_fails_the_event_at_once() {
 async fn exhausted_attempts_fail_and_a_manual_retry_grants_a_fresh_round() {
     let app = running_app().await; // max_attempts = 3
     app.receiver.respond_with(&[500, 500, 500, 500]);
-    let (_, event_id) = ada_with_event(&app).await;
+    let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
     let failed = app.wait_for_status(&event_id, "failed").await;
     assert_eq!(failed["attempts"], 3);
@@ -187,31 +176,33 @@ async fn exhausted_attempts_fail_and_a_manual_retry_grants_a_fresh_round() {
 }
 
 #[tokio::test]
-async fn connection_errors_are_retried() {
-    // A port nothing listens on: bind one, learn it, close it.
+async fn connection_errors_are_retried_and_kept_without_the_urls_secrets() {
+    // A port nothing listens on: bind one, learn it, close it. The URL
+    // carries credentials and a token in its query.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
     let app = spawn_app_with(|s| {
-        s.webhook_url = Some(format!("http://{closed}/hook"));
+        s.webhook_url = Some(format!("http://user:s3cret@{closed}/hook?token=abc123"));
         s.claimer = true;
     })
     .await;
-    let (_, event_id) = ada_with_event(&app).await;
+    let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
     let event = app.wait_for_status(&event_id, "failed").await;
     assert_eq!(event["attempts"], 3, "retried up to the limit: {event}");
-    assert!(
-        event["last_error"].as_str().unwrap().contains("connection"),
-        "{event}"
-    );
+    let error = event["last_error"].as_str().unwrap();
+    assert!(error.starts_with("connection error"), "{error}");
+    for secret in ["s3cret", "abc123", "token", "user:"] {
+        assert!(!error.contains(secret), "{secret} in {error}");
+    }
 }
 
 #[tokio::test]
 async fn a_deleted_user_gets_nothing() {
     let app = spawn_app().await;
-    let (user_id, event_id) = ada_with_event(&app).await;
+    let (user_id, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
     assert_eq!(app.delete(&format!("/users/{user_id}")).await.status(), 204);
     assert_eq!(app.run_claimer_once().await, 0);
@@ -222,7 +213,7 @@ async fn a_deleted_user_gets_nothing() {
 #[tokio::test]
 async fn an_update_before_the_due_time_is_what_gets_delivered() {
     let app = running_app().await;
-    let (user_id, _) = ada_with_event(&app).await;
+    let (user_id, _) = app.ada_with_event().await;
     let mut body = ada();
     body["first_name"] = json!("Augusta");
     body["dates"] = json!({"birthday": "1815-06-15"});
@@ -249,7 +240,7 @@ async fn an_update_before_the_due_time_is_what_gets_delivered() {
 #[tokio::test]
 async fn an_update_never_pushes_an_already_due_event_to_a_later_year() {
     let app = spawn_app().await;
-    let (user_id, event_id) = ada_with_event(&app).await;
+    let (user_id, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
     let mut body = ada();
     body["timezone"] = json!("America/New_York");
@@ -269,7 +260,7 @@ async fn an_update_never_pushes_an_already_due_event_to_a_later_year() {
 async fn an_expired_lease_is_redelivered_with_the_same_idempotency_key_and_the_stale_result_is_dropped()
  {
     let app = spawn_app().await;
-    let (_, event_id) = ada_with_event(&app).await;
+    let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
 
     // Host A claims and sends, then dies before recording the outcome.
@@ -422,7 +413,7 @@ async fn a_running_host_is_woken_by_the_database_not_by_its_poll() {
         s.idle_poll = Duration::from_secs(3600);
     })
     .await;
-    let (_, event_id) = ada_with_event(&app).await;
+    let (_, event_id) = app.ada_with_event().await;
     sqlx::query("UPDATE events SET due_at = now() + interval '1 second', run_at = now() + interval '1 second' WHERE id = $1::uuid")
         .bind(&event_id)
         .execute(&app.pool)
@@ -436,7 +427,7 @@ async fn a_running_host_is_woken_by_the_database_not_by_its_poll() {
 #[tokio::test]
 async fn shutdown_stops_the_host_cleanly_and_leaves_no_event_processing() {
     let app = spawn_app_with(|s| s.claimer = true).await;
-    let (_, event_id) = ada_with_event(&app).await;
+    let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
     app.receiver.wait_for(1, Duration::from_secs(15)).await;
     let pool = app.pool.clone();

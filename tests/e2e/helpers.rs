@@ -483,6 +483,17 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// Creates Ada and returns (user id, her birthday event id).
+    pub async fn ada_with_event(&self) -> (String, String) {
+        let user = self.create_user(&ada()).await;
+        let user_id = user["id"].as_str().unwrap().to_string();
+        let event_id = self.events_of(&user_id).await[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (user_id, event_id)
+    }
+
     /// Makes an event due now, as if its time had come.
     pub async fn make_due(&self, event_id: &str) {
         let id = Uuid::parse_str(event_id).unwrap();

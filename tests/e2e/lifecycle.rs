@@ -2,7 +2,7 @@
 //! says so meanwhile; SIGTERM ends within the grace, giving back the leases
 //! of deliveries still in flight.
 
-use crate::helpers::{HANG, ada, eventually, spawn_app_with};
+use crate::helpers::{HANG, eventually, spawn_app_with};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -42,11 +42,7 @@ async fn a_claimer_killed_by_an_injected_fault_is_restarted_and_ready_says_so_me
     })
     .await;
     // The restarted claimer delivers.
-    let user = app.create_user(&ada()).await;
-    let event_id = app.events_of(user["id"].as_str().unwrap()).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
     app.wait_for_status(&event_id, "delivered").await;
 }
@@ -63,11 +59,7 @@ async fn sigterm_with_deliveries_stuck_past_the_grace_releases_their_leases_and_
     })
     .await;
     app.receiver.respond_with(&[HANG]);
-    let user = app.create_user(&ada()).await;
-    let event_id = app.events_of(user["id"].as_str().unwrap()).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
     app.receiver.wait_for(1, Duration::from_secs(15)).await;
     assert_eq!(app.event(&event_id).await["status"], "processing");

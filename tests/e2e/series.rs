@@ -45,6 +45,16 @@ async fn make_replans_due(app: &TestApp) {
         .unwrap();
 }
 
+/// A second replica on `a`'s database with its own data directory, so it
+/// has only the bundled birthday, not what was uploaded to `a`.
+async fn replica_with_birthday_only(a: &TestApp) -> TestApp {
+    let mut settings = a.settings.clone();
+    settings.data_dir = settings.data_dir.with_extension("replica-b");
+    let b = spawn_app_on(settings, a.receiver.clone()).await;
+    assert!(b.registry.get("anniversary").is_none());
+    b
+}
+
 async fn upload(app: &TestApp, name: &str, crate_name: &str) {
     let response = app.put_type(name, "", plugin_bytes(crate_name)).await;
     let status = response.status();
@@ -62,10 +72,7 @@ async fn a_user_updated_on_a_replica_without_anniversary_keeps_their_anniversary
     // database with its own data directory, has only birthday.
     let a = spawn_app().await;
     upload(&a, "anniversary", "kairos-anniversary").await;
-    let mut settings = a.settings.clone();
-    settings.data_dir = settings.data_dir.with_extension("replica-b");
-    let b = spawn_app_on(settings, a.receiver.clone()).await;
-    assert!(b.registry.get("anniversary").is_none());
+    let b = replica_with_birthday_only(&a).await;
 
     let user = a.create_user(&ada()).await;
     let user_id = user["id"].as_str().unwrap();
@@ -103,9 +110,7 @@ async fn a_user_updated_on_a_replica_without_anniversary_keeps_their_anniversary
 async fn a_user_created_on_a_replica_without_a_type_gets_it_from_a_replica_that_has_it() {
     let a = spawn_app().await;
     upload(&a, "anniversary", "kairos-anniversary").await;
-    let mut settings = a.settings.clone();
-    settings.data_dir = settings.data_dir.with_extension("replica-b");
-    let b = spawn_app_on(settings, a.receiver.clone()).await;
+    let b = replica_with_birthday_only(&a).await;
 
     let user = b.create_user(&ada()).await;
     let user_id = user["id"].as_str().unwrap();
@@ -235,9 +240,7 @@ async fn an_event_claimed_by_a_host_without_its_type_still_has_a_pending_series_
 
     // B, without anniversary, steps its claimer more often than there are
     // attempts: it never takes the event.
-    let mut settings = a.settings.clone();
-    settings.data_dir = settings.data_dir.with_extension("replica-b");
-    let b = spawn_app_on(settings, a.receiver.clone()).await;
+    let b = replica_with_birthday_only(&a).await;
     for _ in 0..=b.settings.max_attempts {
         assert_eq!(b.run_claimer_once().await, 0);
     }
