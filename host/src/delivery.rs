@@ -102,54 +102,52 @@ impl Deliverer {
     /// Makes one delivery attempt for a claimed event and, when its
     /// occurrence is over, plans the next one.
     pub async fn deliver(&self, event: ClaimedEvent) -> Completion {
-        metrics::delivery_attempt();
-        // Unloaded here since the claim: give it back for a replica that has it.
-        let Some(plugin) = self.registry.get(&event.event_type) else {
-            return Completion {
-                event,
-                outcome: DeliveryOutcome::Released,
-                successor: Successor::NotNeeded,
-            };
-        };
-        let user = match store::get_user(&self.pool, event.user_id).await {
-            Ok(Some(user)) => user,
-            Ok(None) => {
-                return Completion {
-                    event,
-                    outcome: DeliveryOutcome::Cancelled {
-                        reason: "user deleted".into(),
-                    },
-                    successor: Successor::NotNeeded,
+        let (outcome, successor) = match self.prepare(&event).await {
+            Err(outcome) => (outcome, Successor::NotNeeded),
+            Ok((plugin, user)) => {
+                metrics::delivery_attempt();
+                let outcome = match self.attempt(&event, &plugin, &user).await {
+                    Ok(()) => {
+                        metrics::delivered();
+                        DeliveryOutcome::Delivered
+                    }
+                    Err(error) => self.after_failure(&event, error),
                 };
-            }
-            Err(error) => {
-                let outcome = self.after_failure(
-                    &event,
-                    AttemptError::retryable(format!("database: {error}")),
-                );
-                return Completion {
-                    event,
-                    outcome,
-                    successor: Successor::NotNeeded,
+                let successor = if outcome.finishes_occurrence() {
+                    plan_successor(plugin, user, &event).await
+                } else {
+                    Successor::NotNeeded
                 };
+                (outcome, successor)
             }
-        };
-        let outcome = match self.attempt(&event, &plugin, &user).await {
-            Ok(()) => {
-                metrics::delivered();
-                DeliveryOutcome::Delivered
-            }
-            Err(error) => self.after_failure(&event, error),
-        };
-        let successor = if outcome.finishes_occurrence() {
-            plan_successor(plugin, user, &event).await
-        } else {
-            Successor::NotNeeded
         };
         Completion {
             event,
             outcome,
             successor,
+        }
+    }
+
+    /// The event's type and user; or the outcome when there is nothing to
+    /// attempt: the type was unloaded here since the claim (given back for a
+    /// replica that has it), the user is gone, or the database failed.
+    async fn prepare(
+        &self,
+        event: &ClaimedEvent,
+    ) -> Result<(Arc<LoadedPlugin>, User), DeliveryOutcome> {
+        let plugin = self
+            .registry
+            .get(&event.event_type)
+            .ok_or(DeliveryOutcome::Released)?;
+        match store::get_user(&self.pool, event.user_id).await {
+            Ok(Some(user)) => Ok((plugin, user)),
+            Ok(None) => Err(DeliveryOutcome::Cancelled {
+                reason: "user deleted".into(),
+            }),
+            Err(error) => {
+                Err(self
+                    .after_failure(event, AttemptError::retryable(format!("database: {error}"))))
+            }
         }
     }
 

@@ -323,3 +323,34 @@ async fn a_plugin_slower_than_the_lease_after_delivery_does_not_duplicate_its_ba
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_event_whose_type_is_unloaded_here_after_its_claim_is_given_back_unattempted() {
+    let app = spawn_app().await;
+    upload(&app, "anniversary", "kairos-anniversary").await;
+    let user = app.create_user(&ada()).await;
+    let event = pending_of(&app, user["id"].as_str().unwrap(), "anniversary").await;
+    let event_id = event["id"].as_str().unwrap();
+    app.make_due(event_id).await;
+
+    let claimed = kairos::lease::claim_due_events(
+        &app.pool,
+        10,
+        Duration::from_secs(30),
+        &["anniversary".to_string()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // The type goes away on this replica while the event is in its hands.
+    app.registry.remove("anniversary").unwrap();
+    let completion = app.deliverer.deliver(claimed[0].clone()).await;
+    kairos::lease::complete(&app.pool, &[completion])
+        .await
+        .unwrap();
+
+    let back = app.event(event_id).await;
+    assert_eq!(back["status"], "pending", "{back}");
+    assert_eq!(back["attempts"], 0, "not counted as an attempt: {back}");
+    assert!(app.receiver.received().is_empty());
+}
