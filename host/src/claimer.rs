@@ -108,10 +108,24 @@ impl Claimer {
 
         let rescue_every = (settings.lease / 4).max(Duration::from_millis(100));
         let mut last_rescue: Option<tokio::time::Instant> = None;
+        // While the database fails, each turn waits longer before the next,
+        // so an outage is not a busy loop (a lost LISTEN connection answers
+        // at once); the first turn that claims resets it.
+        let max_pause = settings.idle_poll.min(Duration::from_secs(5));
+        let first_pause = Duration::from_millis(100).min(max_pause);
+        let longer = |pause: Duration| (pause * 2).clamp(first_pause, max_pause);
+        let mut pause = Duration::ZERO;
         tokio::pin!(shutdown);
 
         loop {
             self.state.check_fault()?;
+            if !pause.is_zero() {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+            let mut database_failed = false;
             if last_rescue.is_none_or(|t| t.elapsed() >= rescue_every) {
                 match lease::release_expired_leases(&self.pool).await {
                     Ok(0) => {}
@@ -154,9 +168,15 @@ impl Claimer {
                     }
                     Err(error) => {
                         tracing::error!(%error, "claiming due events failed");
+                        database_failed = true;
                     }
                 }
             }
+            pause = if database_failed {
+                longer(pause)
+            } else {
+                Duration::ZERO
+            };
             if claimed_full_batch {
                 continue;
             }
@@ -179,6 +199,7 @@ impl Claimer {
                 notification = listener.recv() => {
                     if let Err(error) = notification {
                         tracing::warn!(%error, "LISTEN connection lost; reconnecting");
+                        pause = longer(pause);
                     }
                 }
                 permit = slots.clone().acquire_owned(), if free == 0 => drop(permit),

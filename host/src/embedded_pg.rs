@@ -244,6 +244,10 @@ impl EmbeddedPostgres {
             return Ok(());
         }
         self.stopped = true;
+        // Stopped by someone else already (or crashed): nothing to stop.
+        if !self.is_running() {
+            return Ok(());
+        }
         self.pg_ctl_stop()
     }
 
