@@ -372,8 +372,20 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_on(settings, receiver).await
 }
 
+/// With `KAIROS_TEST_LOG` set (an `EnvFilter`, e.g. `kairos=debug`), the
+/// host's logs go to each test's captured output, shown when it fails.
+fn init_test_logs() {
+    if let Ok(filter) = std::env::var("KAIROS_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Starts an app with exactly these settings (a second replica, a restart).
 pub async fn spawn_app_on(settings: Settings, receiver: Receiver) -> TestApp {
+    init_test_logs();
     let database_url = settings.database_url.clone().unwrap();
     let app = Application::build(settings.clone())
         .await
@@ -390,6 +402,9 @@ pub async fn spawn_app_on(settings: Settings, receiver: Receiver) -> TestApp {
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
     }));
+    // The start-up scheduling passes finish first: a pass still running
+    // would rightly replace an event whose due time a test moved by hand.
+    event_types.settle().await;
     TestApp {
         base,
         http: reqwest::Client::new(),
