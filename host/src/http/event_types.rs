@@ -206,8 +206,7 @@ fn settings_from_query(query: BTreeMap<String, String>) -> Result<PluginFile, Ap
     let mut webhook_url = None;
     for (key, value) in query {
         if key == "webhook_url" {
-            reqwest::Url::parse(&value)
-                .map_err(|e| ApiError::bad_request("webhook_url", format!("not a URL: {e}")))?;
+            // Parsed and checked by `check_webhook_url`.
             webhook_url = Some(value);
         } else if let Some(name) = key.strip_prefix("config.").filter(|k| !k.is_empty()) {
             config.insert(name.to_string(), value);
