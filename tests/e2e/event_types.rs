@@ -397,17 +397,25 @@ async fn the_watched_directory_loads_replaces_and_unloads_types() {
     let pending = the_pending(&app, &id, "anniversary").await;
     assert!(occurrence_of(&pending).ends_with("T11:45:00"));
 
-    // Removing NAME.wasm unloads it and cancels its pending events.
+    // Removing NAME.wasm unloads it and cancels its pending events. The type
+    // leaves the registry first (nothing new is planned for it), then its
+    // events are cancelled: wait for both.
     std::fs::remove_file(dir.join("anniversary.wasm")).unwrap();
-    eventually("anniversary to unload", Duration::from_secs(10), || async {
-        app.registry.get("anniversary").is_none()
-    })
+    eventually(
+        "anniversary to unload and its events to be cancelled",
+        Duration::from_secs(10),
+        || async {
+            let events = app.events_of(&id).await;
+            app.registry.get("anniversary").is_none()
+                && events_of_type(&events, "anniversary")
+                    .iter()
+                    .all(|e| e["status"] == "cancelled")
+        },
+    )
     .await;
     let events = app.events_of(&id).await;
     assert!(
-        events_of_type(&events, "anniversary")
-            .iter()
-            .all(|e| e["status"] == "cancelled"),
+        !events_of_type(&events, "anniversary").is_empty(),
         "{events:?}"
     );
     assert!(app.registry.get("birthday").is_some(), "birthday untouched");
