@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxView, WasiView};
 
@@ -24,6 +26,15 @@ pub const MAX_LOG_LINE: usize = 1024;
 pub const MAX_LOG_LINES_PER_CALL: u32 = 16;
 /// Log lines one event type may emit per second, across all its calls.
 const MAX_LOG_LINES_PER_SECOND: u32 = 50;
+/// Plugin calls that may run at once in one process, across all types: the
+/// instance slots the pooling allocator keeps. A host runs at most
+/// `KAIROS_CONCURRENCY` deliveries plus a few API calls and passes at once;
+/// a call beyond this fails with a typed trap rather than waiting.
+pub const MAX_CONCURRENT_CALLS: u32 = 1000;
+/// Core module instances and linear memories one component instance may use
+/// (a Rust component has one or two of each; an interpreter's more).
+const CORE_INSTANCES_PER_CALL: u32 = 4;
+const MEMORIES_PER_CALL: u32 = 2;
 
 /// The limits every plugin call runs under.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +82,20 @@ impl PluginRuntime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(true);
+        // A fresh instance per call comes from a pool of slots created once,
+        // rather than fresh mappings per call: profiling showed the on-demand
+        // allocator's mmap/munmap (and the TLB shootdowns they cause) taking
+        // a large share of the host's CPU. Each memory reserves only what the
+        // memory limit allows, so a pool costs little address space.
+        let memory = limits.memory.max(64 << 10);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(MAX_CONCURRENT_CALLS)
+            .total_core_instances(MAX_CONCURRENT_CALLS * CORE_INSTANCES_PER_CALL)
+            .total_memories(MAX_CONCURRENT_CALLS * MEMORIES_PER_CALL)
+            .total_tables(MAX_CONCURRENT_CALLS * CORE_INSTANCES_PER_CALL)
+            .max_memory_size(memory);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.memory_reservation(memory as u64);
         let engine = Engine::new(&config)?;
 
         let mut linker = Linker::<CallState>::new(&engine);
