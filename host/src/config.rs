@@ -225,6 +225,15 @@ impl Settings {
             humantime::format_duration(self.plugin_deadline),
             humantime::format_duration(self.lease)
         );
+        // Each delivery in flight may hold a plugin instance; API calls,
+        // passes and the replanner need some of the pool's slots too.
+        let most_deliveries = crate::plugin::MAX_CONCURRENT_CALLS - 200;
+        anyhow::ensure!(
+            self.concurrency <= most_deliveries,
+            "KAIROS_CONCURRENCY ({}) must be at most {most_deliveries}: each delivery in flight may hold a plugin instance, and a host keeps {} of them",
+            self.concurrency,
+            crate::plugin::MAX_CONCURRENT_CALLS
+        );
         anyhow::ensure!(
             self.has_api_tokens() || self.bind.ip().is_loopback(),
             "KAIROS_API_TOKENS is required when KAIROS_BIND ({}) is not a loopback address: \
@@ -339,6 +348,20 @@ mod tests {
         assert!(error.contains("KAIROS_PLUGIN_DEADLINE"), "{error}");
         let s = Settings::from_args(["kairos", "--lease", "10s", "--http-timeout", "8s"]).unwrap();
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn concurrency_leaves_plugin_instances_for_the_api() {
+        Settings::from_args(["kairos", "--concurrency", "800"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        let error = Settings::from_args(["kairos", "--concurrency", "801"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("KAIROS_CONCURRENCY"), "{error}");
     }
 
     #[test]

@@ -10,7 +10,8 @@ mod registry;
 pub mod watcher;
 
 pub use engine::{
-    Compiled, MAX_LOG_LINE, MAX_LOG_LINES_PER_CALL, PluginLimits, PluginRuntime, write_atomically,
+    Compiled, MAX_CONCURRENT_CALLS, MAX_LOG_LINE, MAX_LOG_LINES_PER_CALL, PluginLimits,
+    PluginRuntime, write_atomically,
 };
 pub(crate) use loaded::hex;
 pub use loaded::{
