@@ -10,7 +10,6 @@ use crate::replan::{self, Replan};
 use crate::store::{self, PlannedEvent};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::{FromRow, PgPool};
-use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -175,19 +174,9 @@ pub async fn complete(pool: &PgPool, completions: &[Completion]) -> anyhow::Resu
     if completions.is_empty() {
         return Ok(());
     }
-    // A deadlock with a concurrent transaction (a scheduling pass inserting
-    // the same next occurrences) rolls the whole batch back; the same batch
-    // tried again goes through.
-    let mut tries = 0;
-    loop {
-        match complete_once(pool, completions).await {
-            Err(error) if tries < 4 && store::is_transient(&error) => {
-                tries += 1;
-                tracing::debug!(%error, tries, "recording outcomes collided with another transaction; trying again");
-            }
-            result => return Ok(result?),
-        }
-    }
+    // A scheduling pass inserting the same next occurrences may deadlock
+    // with the batch.
+    Ok(store::retry_transient("recording outcomes", || complete_once(pool, completions)).await?)
 }
 
 async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Result<()> {
@@ -222,11 +211,7 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
         .collect();
     // Locked so no user change commits between the check below and the
     // successors' insert.
-    let versions: HashMap<Uuid, DateTime<Utc>> =
-        store::lock_user_versions(&mut tx, &finished_users)
-            .await?
-            .into_iter()
-            .collect();
+    let versions = store::lock_user_versions(&mut tx, &finished_users).await?;
 
     let applied: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE events e SET \

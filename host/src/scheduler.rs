@@ -8,7 +8,6 @@ use crate::store;
 use chrono::{DateTime, Duration, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use sqlx::{PgConnection, PgPool};
-use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -183,16 +182,10 @@ pub async fn plan_users(
     .map_err(|e| sqlx::Error::Protocol(format!("planning task failed: {e}")))?;
     let failures = results.iter().filter(|(_, _, r)| r.is_err()).count();
     crate::metrics::plugin_failures(plugin.name(), failures as u64);
-    let mut tries = 0;
-    loop {
-        match write_type_plans(pool, plugin.name(), ids, &results).await {
-            Err(error) if tries < 4 && store::is_transient(&error) => {
-                tries += 1;
-                tracing::debug!(event_type = plugin.name(), %error, tries, "planning batch collided with another transaction; trying again");
-            }
-            result => return result,
-        }
-    }
+    store::retry_transient("a planning batch", || {
+        write_type_plans(pool, plugin.name(), ids, &results)
+    })
+    .await
 }
 
 type PlanResult = (
@@ -208,10 +201,7 @@ async fn write_type_plans(
     results: &[PlanResult],
 ) -> sqlx::Result<PlanOutcome> {
     let mut tx = pool.begin().await?;
-    let versions: HashMap<Uuid, DateTime<Utc>> = store::lock_user_versions(&mut tx, ids)
-        .await?
-        .into_iter()
-        .collect();
+    let versions = store::lock_user_versions(&mut tx, ids).await?;
     // Users that are gone have nothing left to plan.
     let mut resolved: Vec<Uuid> = ids
         .iter()

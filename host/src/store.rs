@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use serde::Serialize;
 use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgPool};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -192,14 +192,16 @@ pub async fn get_user(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<User>> {
 pub async fn lock_user_versions(
     conn: &mut PgConnection,
     ids: &[Uuid],
-) -> sqlx::Result<Vec<(Uuid, DateTime<Utc>)>> {
+) -> sqlx::Result<HashMap<Uuid, DateTime<Utc>>> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(HashMap::new());
     }
-    sqlx::query_as("SELECT id, updated_at FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE")
-        .bind(ids)
-        .fetch_all(conn)
-        .await
+    let rows: Vec<(Uuid, DateTime<Utc>)> =
+        sqlx::query_as("SELECT id, updated_at FROM users WHERE id = ANY($1) ORDER BY id FOR SHARE")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
 }
 
 pub async fn get_users(pool: &PgPool, ids: &[Uuid]) -> sqlx::Result<Vec<User>> {
@@ -322,6 +324,26 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         .as_database_error()
         .and_then(|e| e.code())
         .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
+/// Runs `transaction` again, up to four more times, while it fails only
+/// because of concurrent transactions (`is_transient`): a deadlock rolls the
+/// whole transaction back, and the same work tried again goes through.
+pub async fn retry_transient<T, F, Fut>(what: &str, mut transaction: F) -> sqlx::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match transaction().await {
+            Err(error) if tries < 4 && is_transient(&error) => {
+                tries += 1;
+                tracing::debug!(%error, tries, "{what} collided with another transaction; trying again");
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Inserts planned events as pending; an occurrence that already has a live
