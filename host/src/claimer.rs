@@ -83,8 +83,8 @@ impl Claimer {
         if count == 0 {
             return Ok(0);
         }
-        let completions: Vec<Completion> = futures::stream::iter(claimed)
-            .map(|event| self.deliverer.deliver(event))
+        let completions: Vec<Completion> = futures::stream::iter(self.deliverer.prepare(claimed))
+            .map(|preparing| self.deliverer.deliver_prepared(preparing))
             .buffer_unordered(self.settings.concurrency)
             .collect()
             .await;
@@ -115,6 +115,11 @@ impl Claimer {
         let first_pause = Duration::from_millis(100).min(max_pause);
         let longer = |pause: Duration| (pause * 2).clamp(first_pause, max_pause);
         let mut pause = Duration::ZERO;
+        // Under load a claim waits for a quarter of the slots (or of a
+        // batch) to be free: one claim of many events costs the database
+        // far less per event than many claims of a few (profiling showed
+        // claims averaging 20 events when each took whatever slot freed).
+        let enough = (settings.concurrency.min(settings.batch_size) / 4).max(1);
         tokio::pin!(shutdown);
 
         loop {
@@ -140,13 +145,13 @@ impl Claimer {
             let types = self.loaded_types();
             let free = slots.available_permits().min(settings.batch_size);
             let mut claimed_full_batch = false;
-            if free > 0 {
+            if free >= enough {
                 match lease::claim_due_events(&self.pool, free, settings.lease, &types).await {
                     Ok(claimed) => {
                         claimed_full_batch = claimed.len() == free;
-                        for event in claimed {
+                        for preparing in self.deliverer.prepare(claimed) {
                             let permit = slots.clone().acquire_owned().await?;
-                            let (id, lease_id) = (event.id, event.lease_id);
+                            let (id, lease_id) = (preparing.event.id, preparing.event.lease_id);
                             let deliverer = self.deliverer.clone();
                             let tx = completions_tx.clone();
                             let tracked = in_flight.clone();
@@ -154,7 +159,7 @@ impl Claimer {
                             // untrack itself before it is tracked.
                             let mut tracking = in_flight.lock().unwrap();
                             let task = tokio::spawn(async move {
-                                let completion = deliverer.deliver(event).await;
+                                let completion = deliverer.deliver_prepared(preparing).await;
                                 // Untracked before the completion is handed
                                 // over: from here shutdown lets it be recorded.
                                 tracked.lock().unwrap().remove(&id);
@@ -181,7 +186,7 @@ impl Claimer {
                 continue;
             }
 
-            let wait = if free == 0 {
+            let wait = if free < enough {
                 settings.idle_poll
             } else {
                 match lease::time_until_next_run(&self.pool, &types).await {
@@ -202,7 +207,7 @@ impl Claimer {
                         pause = longer(pause);
                     }
                 }
-                permit = slots.clone().acquire_owned(), if free == 0 => drop(permit),
+                permits = slots.clone().acquire_many_owned(enough as u32), if free < enough => drop(permits),
             }
         }
 

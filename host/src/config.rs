@@ -216,11 +216,12 @@ impl Settings {
 
     /// Checks what clap cannot: relations between settings and secret syntax.
     pub fn validate(&self) -> anyhow::Result<()> {
-        // A delivery formats (one plugin call), sends, and plans the next
-        // occurrence (another): all of it must end inside the lease.
+        // A delivery waits at most one plugin deadline for its turn in its
+        // batch's plugin work, formats and plans the next occurrence (two
+        // calls), and sends: all of it must end inside the lease.
         anyhow::ensure!(
-            self.http_timeout + 2 * self.plugin_deadline < self.lease,
-            "KAIROS_HTTP_TIMEOUT ({}) plus twice KAIROS_PLUGIN_DEADLINE ({}) must be shorter than KAIROS_LEASE ({})",
+            self.http_timeout + 3 * self.plugin_deadline < self.lease,
+            "KAIROS_HTTP_TIMEOUT ({}) plus three times KAIROS_PLUGIN_DEADLINE ({}) must be shorter than KAIROS_LEASE ({})",
             humantime::format_duration(self.http_timeout),
             humantime::format_duration(self.plugin_deadline),
             humantime::format_duration(self.lease)
@@ -284,6 +285,7 @@ impl Settings {
             },
             max_lateness: self.max_lateness,
             allow: std::sync::Arc::new(self.webhook_allow.clone()),
+            plugin_deadline: self.plugin_deadline,
         }
     }
 

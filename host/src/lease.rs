@@ -7,9 +7,11 @@
 //! the event is delivered again under the same id.
 
 use crate::replan::{self, Replan};
-use crate::store::{self, PlannedEvent};
-use chrono::{DateTime, NaiveDateTime, Utc};
+use crate::store::{self, PlannedEvent, User};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{FromRow, PgPool};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -81,41 +83,104 @@ pub struct Completion {
     pub successor: Successor,
 }
 
+/// A claimed event with its user as the claim read them: everything a
+/// delivery needs, with no further query. `None` when the user is gone.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub event: ClaimedEvent,
+    pub user: Option<User>,
+}
+
+#[derive(FromRow)]
+struct ClaimRow {
+    #[sqlx(flatten)]
+    event: ClaimedEvent,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    user_timezone: Option<String>,
+    dates: Option<Json<BTreeMap<String, NaiveDate>>>,
+    attributes: Option<Json<BTreeMap<String, String>>>,
+    user_created_at: Option<DateTime<Utc>>,
+    user_updated_at: Option<DateTime<Utc>>,
+}
+
+impl ClaimRow {
+    fn into_claimed(self) -> Claimed {
+        let user = match (
+            self.first_name,
+            self.last_name,
+            self.user_timezone,
+            self.dates,
+            self.attributes,
+            self.user_created_at,
+            self.user_updated_at,
+        ) {
+            (
+                Some(first_name),
+                Some(last_name),
+                Some(timezone),
+                Some(Json(dates)),
+                Some(Json(attributes)),
+                Some(created_at),
+                Some(updated_at),
+            ) => Some(User {
+                id: self.event.user_id,
+                first_name,
+                last_name,
+                timezone,
+                dates,
+                attributes,
+                created_at,
+                updated_at,
+            }),
+            _ => None,
+        };
+        Claimed {
+            event: self.event,
+            user,
+        }
+    }
+}
+
 /// Claims up to `limit` due events of the given types, oldest first, under a
-/// fresh lease. Only types this host has loaded are claimed: an event of a
-/// type it lacks is left for a replica that has it.
+/// fresh lease, each with its user read in the same statement. Only types
+/// this host has loaded are claimed: an event of a type it lacks is left for
+/// a replica that has it.
 pub async fn claim_due_events(
     pool: &PgPool,
     limit: usize,
     lease: Duration,
     types: &[String],
-) -> sqlx::Result<Vec<ClaimedEvent>> {
+) -> sqlx::Result<Vec<Claimed>> {
     if types.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as(
+    let rows: Vec<ClaimRow> = sqlx::query_as(
         "WITH due AS MATERIALIZED ( \
              SELECT id FROM events \
              WHERE status = 'pending' AND run_at <= now() AND event_type = ANY($4) \
              ORDER BY run_at \
              LIMIT $1 \
-             FOR UPDATE SKIP LOCKED) \
-         UPDATE events e SET status = 'processing', attempts = e.attempts + 1, \
-             lease_id = $2, lease_until = now() + make_interval(secs => $3), updated_at = now() \
-         FROM due WHERE e.id = due.id \
-         RETURNING e.id, e.user_id, e.event_type, e.occurrence, e.timezone, e.due_at, \
-             e.attempts, e.attempts_before_retry, e.lease_id",
+             FOR UPDATE SKIP LOCKED), \
+         claimed AS ( \
+             UPDATE events e SET status = 'processing', attempts = e.attempts + 1, \
+                 lease_id = $2, lease_until = now() + make_interval(secs => $3), \
+                 updated_at = now() \
+             FROM due WHERE e.id = due.id \
+             RETURNING e.id, e.user_id, e.event_type, e.occurrence, e.timezone, e.due_at, \
+                 e.attempts, e.attempts_before_retry, e.lease_id) \
+         SELECT c.*, u.first_name, u.last_name, u.timezone AS user_timezone, u.dates, \
+             u.attributes, u.created_at AS user_created_at, u.updated_at AS user_updated_at \
+         FROM claimed c LEFT JOIN users u ON u.id = c.user_id \
+         ORDER BY c.due_at",
     )
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .bind(Uuid::new_v4())
     .bind(lease.as_secs_f64())
     .bind(types)
     .fetch_all(pool)
-    .await
-    .map(|mut claimed: Vec<ClaimedEvent>| {
-        claimed.sort_by_key(|e| e.due_at);
-        claimed
-    })
+    .await?;
+    Ok(rows.into_iter().map(ClaimRow::into_claimed).collect())
 }
 
 /// Returns events whose lease expired (their host died) to `pending`, to be

@@ -92,7 +92,6 @@ impl Application {
             .user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let deliverer = Arc::new(Deliverer::new(
-            pool.clone(),
             registry.clone(),
             client,
             settings.delivery(),

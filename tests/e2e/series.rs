@@ -267,7 +267,7 @@ async fn a_plugin_slower_than_the_lease_after_delivery_does_not_duplicate_its_ba
         s.claimer = true;
         s.idle_poll = Duration::from_millis(100);
         s.lease = Duration::from_secs(2);
-        s.http_timeout = Duration::from_secs(1);
+        s.http_timeout = Duration::from_millis(700);
         s.plugin_deadline = Duration::from_millis(400);
         s.plugin_fuel = 50_000_000_000;
     })
