@@ -231,7 +231,11 @@ pub async fn list_user_events(pool: &PgPool, user_id: Uuid) -> sqlx::Result<Vec<
     sqlx::query_as(concat!(
         "SELECT ",
         event_columns!(),
-        " FROM events WHERE user_id = $1 ORDER BY due_at, event_type"
+        " FROM events WHERE user_id = $1 AND status <> 'cancelled' \
+         UNION ALL SELECT ",
+        event_columns!(),
+        " FROM events WHERE user_id = $1 AND status = 'cancelled' \
+         ORDER BY due_at, event_type"
     ))
     .bind(user_id)
     .fetch_all(pool)
