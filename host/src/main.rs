@@ -6,6 +6,12 @@ use kairos::plugin::PluginLimits;
 use kairos::startup::{Application, shutdown_signal};
 use std::process::ExitCode;
 
+/// The delivery path allocates per event in many places (the plugin's
+/// store and arguments, the request, the rows); profiling showed glibc's
+/// malloc and free at ~15 % of the host's CPU under a backlog.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
