@@ -128,6 +128,46 @@ pub async fn insert_user(
     .await
 }
 
+/// Inserts new users in one statement (an import batch); returns how many.
+pub async fn insert_users(
+    conn: &mut PgConnection,
+    users: &[(Uuid, UserFields)],
+) -> sqlx::Result<u64> {
+    if users.is_empty() {
+        return Ok(0);
+    }
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    let ids: Vec<Uuid> = users.iter().map(|(id, _)| *id).collect();
+    let first: Vec<&str> = users.iter().map(|(_, u)| u.first_name.as_str()).collect();
+    let last: Vec<&str> = users.iter().map(|(_, u)| u.last_name.as_str()).collect();
+    let zones: Vec<&str> = users.iter().map(|(_, u)| u.timezone.as_str()).collect();
+    let dates = users
+        .iter()
+        .map(|(_, u)| serde_json::to_string(&u.dates))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(encode)?;
+    let attributes = users
+        .iter()
+        .map(|(_, u)| serde_json::to_string(&u.attributes))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(encode)?;
+    Ok(sqlx::query(
+        "INSERT INTO users (id, first_name, last_name, timezone, dates, attributes) \
+         SELECT id, first_name, last_name, timezone, dates::jsonb, attributes::jsonb \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+              AS u(id, first_name, last_name, timezone, dates, attributes)",
+    )
+    .bind(&ids)
+    .bind(&first)
+    .bind(&last)
+    .bind(&zones)
+    .bind(&dates)
+    .bind(&attributes)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// Replaces a user's fields, holding the row lock until the caller commits so
 /// rescheduling and delivery see one version of the user.
 pub async fn update_user(
