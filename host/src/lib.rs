@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod embedded_pg;
 pub mod event_types;
 pub mod http;
+pub mod import;
 pub mod lease;
 pub mod metrics;
 pub mod outbound;
