@@ -1,12 +1,15 @@
-//! `POST /users/import`: NDJSON streamed in, good lines
+//! `POST /users/import` and `kairos import`: NDJSON streamed in, good lines
 //! written with their events planned, bad lines named by number and field
 //! and not written, and the host's memory bounded whatever the body's size.
 
 use crate::helpers::{ADMIN_TOKEN, TestApp, plugin_bytes, spawn_app, spawn_app_with};
 use axum::body::Bytes;
 use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
 const CLIENT_TOKEN: &str = "import-client-token";
@@ -318,4 +321,100 @@ async fn importing_takes_a_client_token_when_tokens_are_configured() {
         assert_eq!(body["imported"], 1, "{body}");
     }
     assert_eq!(count(&app, "SELECT count(*) FROM users").await, 2);
+
+    let file = ndjson_file(&line);
+    let refused = kairos_import(&app, &file, None, None).await;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("401"), "{refused:?}");
+    let accepted = kairos_import(&app, &file, Some(CLIENT_TOKEN), None).await;
+    assert_eq!(accepted.code, Some(0), "{accepted:?}");
+    assert_eq!(count(&app, "SELECT count(*) FROM users").await, 3);
+}
+
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn ndjson_file(text: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("import-{}.ndjson", Uuid::new_v4().simple()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Runs the built `kairos import FILE` against the app (awaited, so the app
+/// keeps serving on this runtime); `stdin` is piped in when given.
+async fn kairos_import(
+    app: &TestApp,
+    file: &std::path::Path,
+    token: Option<&str>,
+    stdin: Option<&str>,
+) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kairos"));
+    command
+        .arg("import")
+        .arg(file)
+        .args(["--url", &app.base])
+        .env_remove("KAIROS_API_TOKEN")
+        .env_remove("KAIROS_URL")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(token) = token {
+        command.args(["--token", token]);
+    }
+    let mut child = command.spawn().expect("run the kairos binary");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(text.as_bytes()).await.unwrap();
+    }
+    let output = child.wait_with_output().await.unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn kairos_import_prints_the_summary_and_each_rejected_line_and_exits_by_outcome() {
+    let app = spawn_app().await;
+    let mixed = format!(
+        "{}\n{}\n{}\n",
+        user("Ada", "Europe/London", "1815-12-10"),
+        user("Mars", "Mars/Olympus_Mons", "1990-01-01"),
+        user("Grace", "America/New_York", "1906-12-09"),
+    );
+    let run = kairos_import(&app, &ndjson_file(&mixed), None, None).await;
+    assert_eq!(run.code, Some(1), "a rejected line exits 1: {run:?}");
+    assert!(
+        run.stdout
+            .contains("imported 2 users (2 events planned); rejected 1 lines"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains("line 2: timezone: unknown timezone"),
+        "{run:?}"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM users").await, 2);
+
+    // `-` reads standard input; a clean import exits 0.
+    let clean = format!("{}\n", user("Alan", "Asia/Kolkata", "1912-06-23"));
+    let run = kairos_import(&app, std::path::Path::new("-"), None, Some(&clean)).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("imported 1 users"), "{run:?}");
+    assert_eq!(ids_named(&app, "Alan").await.len(), 1);
+
+    // A file that is not there, and a host that is not there: exit 2.
+    let missing = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("no-such-file.ndjson");
+    let run = kairos_import(&app, &missing, None, None).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("no-such-file.ndjson"), "{run:?}");
 }
