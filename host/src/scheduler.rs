@@ -187,11 +187,11 @@ pub fn plan_new_users<'a>(
     plan
 }
 
-/// Writes a batch of new users' plans in the caller's transaction, in a
-/// fixed number of statements: `schedule_new_user` for many users. Returns
-/// the number of events written.
+/// Writes the plans of a batch of users created in the caller's
+/// transaction, in a fixed number of statements: `schedule_new_user` for
+/// many users. Returns the number of events written.
 pub async fn schedule_new_users(conn: &mut PgConnection, plan: &NewUsersPlan) -> sqlx::Result<u64> {
-    let written = store::insert_planned(conn, &plan.plans).await?;
+    let written = store::insert_planned_for_new_users(conn, &plan.plans).await?;
     replan::record(conn, &plan.failures).await?;
     replan::record_types_loaded_elsewhere_for_new_users(conn, &plan.user_ids, &plan.loaded).await?;
     Ok(written)

@@ -426,6 +426,41 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
     .rows_affected())
 }
 
+/// Inserts the planned events of users created in the caller's transaction
+/// (an import batch). No other transaction can see those users yet, so
+/// nothing can conflict: a plain `INSERT`, without `insert_planned`'s
+/// existence check and `ON CONFLICT` probe. Ids are time-ordered (UUIDv7),
+/// so a large import appends to the id index instead of writing all over it.
+pub async fn insert_planned_for_new_users(
+    conn: &mut PgConnection,
+    plans: &[PlannedEvent],
+) -> sqlx::Result<u64> {
+    if plans.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = plans.iter().map(|_| Uuid::now_v7()).collect();
+    let users: Vec<Uuid> = plans.iter().map(|p| p.user_id).collect();
+    let types: Vec<&str> = plans.iter().map(|p| p.event_type.as_str()).collect();
+    let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
+    let zones: Vec<&str> = plans.iter().map(|p| p.timezone.as_str()).collect();
+    let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
+    Ok(sqlx::query(
+        "INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at) \
+         SELECT id, user_id, event_type, occurrence, timezone, due_at, due_at \
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamp[], $5::text[], $6::timestamptz[]) \
+              AS p(id, user_id, event_type, occurrence, timezone, due_at)",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(&types)
+    .bind(&occurrences)
+    .bind(&zones)
+    .bind(&due)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// Ids of the next `limit` users after `after` (by id) who have every one of
 /// `dates`: the batches a type's scheduling pass walks.
 pub async fn user_ids_with_dates(
