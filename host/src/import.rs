@@ -222,16 +222,31 @@ fn prepare(batch: RawBatch, registry: &Registry, parse: ParseLine) -> Prepared {
 }
 
 /// Writes one batch's users and their plans in one transaction; returns the
-/// events written.
+/// events written. The commit does not wait for the batch to reach disk:
+/// `make_durable` waits for every batch at once before the import answers.
 async fn write(pool: &PgPool, batch: &Prepared) -> sqlx::Result<u64> {
     store::retry_transient("an import batch", || async move {
         let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         store::insert_users(&mut tx, &batch.users).await?;
         let written = scheduler::schedule_new_users(&mut tx, &batch.plan).await?;
         tx.commit().await?;
         Ok(written)
     })
     .await
+}
+
+/// Returns once every batch committed so far is on disk. A transaction that
+/// has an id commits synchronously, and its commit waits for all the
+/// write-ahead log before it, every batch's commit included.
+async fn make_durable(pool: &PgPool) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 /// The rejected lines kept for the report: the first `MAX_REPORTED`, and a count.
@@ -274,6 +289,9 @@ where
             let written = write(pool, &batch).await?;
             imported.fetch_add(batch.users.len() as u64, Ordering::Relaxed);
             events_planned.fetch_add(written, Ordering::Relaxed);
+        }
+        if imported.load(Ordering::Relaxed) > 0 {
+            make_durable(pool).await?;
         }
         Ok::<(), ImportError>(())
     };
