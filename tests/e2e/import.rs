@@ -2,7 +2,7 @@
 //! written with their events planned, bad lines named by number and field
 //! and not written, and the host's memory bounded whatever the body's size.
 
-use crate::helpers::{ADMIN_TOKEN, TestApp, plugin_bytes, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN_TOKEN, TestApp, plugin_bytes, spawn_app, spawn_app_on, spawn_app_with};
 use axum::body::Bytes;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -181,6 +181,42 @@ async fn an_imported_user_whose_plugin_fails_is_kept_and_recorded_to_plan_again(
         (failing, "misbehave")
     );
     assert!(replans[0].2.contains("deliberate error"), "{replans:?}");
+}
+
+#[tokio::test]
+async fn users_imported_on_a_replica_without_a_type_get_it_from_a_replica_that_has_it() {
+    let a = spawn_app().await;
+    let response = a
+        .put_type("anniversary", "", plugin_bytes("kairos-anniversary"))
+        .await;
+    assert_eq!(response.status(), 201);
+    a.event_types.settle().await;
+    // A second replica on the same database, with only the bundled birthday.
+    let mut settings = a.settings.clone();
+    settings.data_dir = settings.data_dir.with_extension("replica-b");
+    let b = spawn_app_on(settings, a.receiver.clone()).await;
+    assert!(b.registry.get("anniversary").is_none());
+
+    let mut married = user("Married", "Europe/Paris", "1980-02-03");
+    married["dates"]["anniversary"] = json!("2010-06-05");
+    let (status, report) = import(&b, format!("{married}\n"), None).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["imported"], 1, "{report}");
+    let id = ids_named(&b, "Married").await[0];
+    let replans = b.replans().await;
+    assert_eq!(replans.len(), 1, "{replans:?}");
+    assert_eq!((replans[0].0, replans[0].1.as_str()), (id, "anniversary"));
+
+    assert_eq!(a.run_replanner_once().await, 1);
+    let events = a.events_of(&id.to_string()).await;
+    let mut types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    types.sort();
+    assert_eq!(types, ["anniversary", "birthday"], "{events:?}");
+    assert!(a.replans().await.is_empty());
+    b.stop().await;
 }
 
 #[tokio::test]
