@@ -29,6 +29,23 @@ pub enum Command {
     /// Tools for plugin authors.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Import users from an NDJSON file (one `POST /users` body per line)
+    /// into a running host, streamed to its `POST /users/import`. Prints the
+    /// summary and each rejected line; exits 1 if any line was rejected,
+    /// 2 if the import failed.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The NDJSON file; `-` reads standard input.
+    pub file: PathBuf,
+    /// The host's base URL.
+    #[arg(long, env = "KAIROS_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A client token (one of the host's `KAIROS_API_TOKENS`, or its admin token).
+    #[arg(long, env = "KAIROS_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,6 +17,8 @@ pub mod delivery;
 pub mod embedded_pg;
 pub mod event_types;
 pub mod http;
+pub mod import;
+pub mod import_cli;
 pub mod lease;
 pub mod metrics;
 pub mod outbound;

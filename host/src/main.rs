@@ -47,6 +47,10 @@ async fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Import(args) => {
+            let token = args.token.as_deref().filter(|t| !t.trim().is_empty());
+            Ok(kairos::import_cli::run(&args.file, &args.url, token).await)
+        }
         Command::Plugin(PluginCommand::New { name, path }) => {
             let dir = path.unwrap_or_else(|| name.clone().into());
             let files = kairos::plugin_kit::new_plugin(&name, &dir)?;

@@ -137,6 +137,35 @@ pub async fn record_types_loaded_elsewhere(
     .rows_affected())
 }
 
+/// `record_types_loaded_elsewhere` for users created in this transaction
+/// (an import batch): they have no events yet, so only the types the fleet
+/// has started a pass for, and this replica has not loaded, are recorded.
+pub async fn record_types_loaded_elsewhere_for_new_users(
+    conn: &mut PgConnection,
+    user_ids: &[Uuid],
+    loaded_here: &[String],
+) -> sqlx::Result<u64> {
+    if user_ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(sqlx::query(
+        "INSERT INTO replans (user_id, event_type, reason) \
+         SELECT u.id, t.event_type, $3 \
+         FROM unnest($1::uuid[]) AS u(id) \
+         CROSS JOIN (SELECT event_type FROM event_type_passes \
+                     WHERE event_type <> ALL($2)) t \
+         ORDER BY u.id, t.event_type \
+         ON CONFLICT (user_id, event_type) DO UPDATE SET \
+             reason = EXCLUDED.reason, run_at = now(), updated_at = now()",
+    )
+    .bind(user_ids)
+    .bind(loaded_here)
+    .bind(NOT_LOADED_HERE)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// Pairs waiting to be planned, by event type (for `GET /event-types` and
 /// `/metrics`).
 pub async fn waiting_by_type(pool: &PgPool) -> sqlx::Result<BTreeMap<String, i64>> {

@@ -142,6 +142,61 @@ pub async fn schedule_new_user(
     Ok(())
 }
 
+/// What every type loaded here answered for a batch of new users (an
+/// import): `UserPlan` for many users at once.
+#[derive(Debug, Default)]
+pub struct NewUsersPlan {
+    /// Every type loaded here when the plan was made.
+    pub loaded: Vec<String>,
+    /// The users planned.
+    pub user_ids: Vec<Uuid>,
+    pub plans: Vec<PlannedEvent>,
+    /// The (user, type) pairs whose plugin failed: recorded to plan again.
+    pub failures: Vec<Replan>,
+}
+
+/// Plans the next occurrence of every type in `plugins` for each of
+/// `subjects`, after each subject's local time at `now`: `plan_for_subject`
+/// for a batch, type by type. Blocking work: run it off the async threads,
+/// once per batch.
+pub fn plan_new_users<'a>(
+    plugins: impl IntoIterator<Item = &'a Arc<LoadedPlugin>>,
+    subjects: &[Subject],
+    now: DateTime<Utc>,
+) -> NewUsersPlan {
+    let mut plan = NewUsersPlan {
+        user_ids: subjects.iter().map(|s| s.id).collect(),
+        ..NewUsersPlan::default()
+    };
+    for plugin in plugins {
+        let name = plugin.name();
+        plan.loaded.push(name.to_string());
+        let mut failed = 0;
+        for subject in subjects {
+            match plan_next_after_now(plugin, subject, now) {
+                Ok(planned) => plan.plans.extend(planned),
+                Err(error) => {
+                    failed += 1;
+                    plan.failures
+                        .push(Replan::failed(subject.id, name, error.to_string()));
+                }
+            }
+        }
+        crate::metrics::plugin_failures(name, failed);
+    }
+    plan
+}
+
+/// Writes the plans of a batch of users created in the caller's
+/// transaction, in a fixed number of statements: `schedule_new_user` for
+/// many users. Returns the number of events written.
+pub async fn schedule_new_users(conn: &mut PgConnection, plan: &NewUsersPlan) -> sqlx::Result<u64> {
+    let written = store::insert_planned_for_new_users(conn, &plan.plans).await?;
+    replan::record(conn, &plan.failures).await?;
+    replan::record_types_loaded_elsewhere_for_new_users(conn, &plan.user_ids, &plan.loaded).await?;
+    Ok(written)
+}
+
 /// What planning one type for a set of users did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PlanOutcome {

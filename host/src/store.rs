@@ -128,6 +128,46 @@ pub async fn insert_user(
     .await
 }
 
+/// Inserts new users in one statement (an import batch); returns how many.
+pub async fn insert_users(
+    conn: &mut PgConnection,
+    users: &[(Uuid, UserFields)],
+) -> sqlx::Result<u64> {
+    if users.is_empty() {
+        return Ok(0);
+    }
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    let ids: Vec<Uuid> = users.iter().map(|(id, _)| *id).collect();
+    let first: Vec<&str> = users.iter().map(|(_, u)| u.first_name.as_str()).collect();
+    let last: Vec<&str> = users.iter().map(|(_, u)| u.last_name.as_str()).collect();
+    let zones: Vec<&str> = users.iter().map(|(_, u)| u.timezone.as_str()).collect();
+    let dates = users
+        .iter()
+        .map(|(_, u)| serde_json::to_string(&u.dates))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(encode)?;
+    let attributes = users
+        .iter()
+        .map(|(_, u)| serde_json::to_string(&u.attributes))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(encode)?;
+    Ok(sqlx::query(
+        "INSERT INTO users (id, first_name, last_name, timezone, dates, attributes) \
+         SELECT id, first_name, last_name, timezone, dates::jsonb, attributes::jsonb \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+              AS u(id, first_name, last_name, timezone, dates, attributes)",
+    )
+    .bind(&ids)
+    .bind(&first)
+    .bind(&last)
+    .bind(&zones)
+    .bind(&dates)
+    .bind(&attributes)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
 /// Replaces a user's fields, holding the row lock until the caller commits so
 /// rescheduling and delivery see one version of the user.
 pub async fn update_user(
@@ -378,6 +418,41 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
          WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id) \
          ORDER BY p.n \
          ON CONFLICT (user_id, event_type, occurrence) WHERE status <> 'cancelled' DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&users)
+    .bind(&types)
+    .bind(&occurrences)
+    .bind(&zones)
+    .bind(&due)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// Inserts the planned events of users created in the caller's transaction
+/// (an import batch). No other transaction can see those users yet, so
+/// nothing can conflict: a plain `INSERT`, without `insert_planned`'s
+/// existence check and `ON CONFLICT` probe. Ids are time-ordered (UUIDv7),
+/// so a large import appends to the id index instead of writing all over it.
+pub async fn insert_planned_for_new_users(
+    conn: &mut PgConnection,
+    plans: &[PlannedEvent],
+) -> sqlx::Result<u64> {
+    if plans.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = plans.iter().map(|_| Uuid::now_v7()).collect();
+    let users: Vec<Uuid> = plans.iter().map(|p| p.user_id).collect();
+    let types: Vec<&str> = plans.iter().map(|p| p.event_type.as_str()).collect();
+    let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
+    let zones: Vec<&str> = plans.iter().map(|p| p.timezone.as_str()).collect();
+    let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
+    Ok(sqlx::query(
+        "INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at) \
+         SELECT id, user_id, event_type, occurrence, timezone, due_at, due_at \
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamp[], $5::text[], $6::timestamptz[]) \
+              AS p(id, user_id, event_type, occurrence, timezone, due_at)",
     )
     .bind(&ids)
     .bind(&users)

@@ -8,6 +8,7 @@ mod delivery;
 mod embedded;
 mod event_types;
 mod helpers;
+mod import;
 mod kit;
 mod lifecycle;
 mod limits;

@@ -48,6 +48,15 @@ impl ApiError {
         }
     }
 
+    /// The field a client error is about, by path.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::BadRequest { field, .. } => field.as_deref(),
+            Self::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,

@@ -2,12 +2,14 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::json::ValidJson;
+use super::json::{self, ValidJson};
+use crate::import::{self, ImportError, ImportReport, LineError};
 use crate::scheduler;
 use crate::store::{self, Event, User, UserFields};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::routing::get;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{NaiveDate, Utc};
 use chrono_tz::Tz;
@@ -29,6 +31,12 @@ pub fn router() -> Router<AppState> {
             get(get_user).put(replace_user).delete(delete_user),
         )
         .route("/users/{id}/events", get(list_user_events))
+        .route(
+            "/users/import",
+            // Streamed: the 1 MiB body limit is for whole bodies; an import
+            // bounds each line instead.
+            post(import_users).layer(DefaultBodyLimit::disable()),
+        )
 }
 
 /// A user as a client sends it (create and full replacement).
@@ -160,6 +168,61 @@ async fn create_user(
     scheduler::schedule_new_user(&mut tx, id, &plan).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// One line of `POST /users/import`: a `POST /users` body, parsed and
+/// validated by the same rules, its error naming the same field.
+fn parse_import_line(line: &[u8]) -> Result<UserFields, LineError> {
+    json::parse::<UserInput>(line)
+        .and_then(UserInput::validate)
+        .map_err(|e| LineError {
+            field: e.field().map(str::to_string),
+            error: e.to_string(),
+        })
+}
+
+/// Content types an import body may be sent as (or none).
+const NDJSON_TYPES: [&str; 3] = [
+    "application/x-ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+];
+
+async fn import_users(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<ImportReport>, ApiError> {
+    if let Some(value) = headers.get(header::CONTENT_TYPE) {
+        let essence = value
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if !NDJSON_TYPES.contains(&essence.as_str()) {
+            return Err(ApiError::bad_request(
+                "content-type",
+                format!(
+                    "an import body is NDJSON (one POST /users body per line): send it as application/x-ndjson, not {value:?}"
+                ),
+            ));
+        }
+    }
+    let report = import::import_users(
+        &state.pool,
+        &state.registry,
+        body.into_data_stream(),
+        parse_import_line,
+    )
+    .await
+    .map_err(|e| match e {
+        ImportError::Body(_) => ApiError::bad_request("body", e.to_string()),
+        other => ApiError::Internal(other.into()),
+    })?;
+    Ok(Json(report))
 }
 
 async fn replace_user(
