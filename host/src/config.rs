@@ -149,7 +149,7 @@ pub struct Settings {
     #[arg(long, env = "KAIROS_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
     /// Most webhook deliveries in flight at once.
-    #[arg(long, env = "KAIROS_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, env = "KAIROS_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub concurrency: u32,
     /// Longest sleep of an idle claimer with no notification.
     #[arg(long, env = "KAIROS_IDLE_POLL", default_value = "5s", value_parser = parse_duration)]
