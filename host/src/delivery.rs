@@ -186,7 +186,7 @@ impl Deliverer {
         let budget = self.settings.plugin_deadline;
         tokio::spawn(async move {
             tokio::time::sleep(budget).await;
-            let waiting = queue.lock().unwrap().len();
+            let waiting = queue.lock().unwrap_or_else(|e| e.into_inner()).len();
             for _ in 0..waiting {
                 let (queue, registry) = (queue.clone(), registry.clone());
                 tokio::task::spawn_blocking(move || work_through(&queue, &registry, now, 1));
@@ -205,14 +205,21 @@ impl Deliverer {
     }
 
     /// The outcome of an event whose plugin work did not complete (a worker
-    /// panicked): tried again later, like any transient failure.
+    /// panicked): tried again later, like any transient failure. Should that
+    /// use its last attempt, its series is recorded to be planned again.
     fn unprepared(&self, event: ClaimedEvent, why: &str) -> Completion {
         metrics::delivery_attempt();
-        let outcome = self.after_failure(&event, AttemptError::retryable(format!("trap: {why}")));
+        let why = format!("trap: {why}");
+        let outcome = self.after_failure(&event, AttemptError::retryable(why.clone()));
+        let successor = if outcome.finishes_occurrence() {
+            Successor::Replan { reason: why }
+        } else {
+            Successor::NotNeeded
+        };
         Completion {
             event,
             outcome,
-            successor: Successor::NotNeeded,
+            successor,
         }
     }
 
@@ -379,7 +386,8 @@ struct PayloadMessage<'a> {
 /// Takes events off a batch's queue and prepares them, at most `limit`.
 fn work_through(queue: &Queue, registry: &Registry, now: DateTime<Utc>, limit: usize) {
     for _ in 0..limit {
-        let Some((claimed, ready)) = queue.lock().unwrap().pop_front() else {
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let Some((claimed, ready)) = next else {
             return;
         };
         // The delivery may have been stopped (shutdown): nobody waits.
@@ -475,6 +483,65 @@ async fn response_snippet(response: reqwest::Response) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::{PluginLimits, PluginRuntime};
+
+    fn deliverer(max_attempts: u32) -> Deliverer {
+        let runtime = PluginRuntime::new(PluginLimits::default()).unwrap();
+        Deliverer::new(
+            Arc::new(Registry::new(runtime)),
+            reqwest::Client::new(),
+            DeliverySettings {
+                default_webhook_url: None,
+                signing_key: None,
+                retry: RetryPolicy {
+                    base: Duration::from_secs(2),
+                    max: Duration::from_secs(60),
+                    max_attempts,
+                },
+                max_lateness: None,
+                allow: Arc::new(AllowList::default()),
+                plugin_deadline: Duration::from_millis(500),
+            },
+        )
+    }
+
+    fn claimed_on_attempt(attempts: i32) -> ClaimedEvent {
+        ClaimedEvent {
+            id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            event_type: "birthday".into(),
+            occurrence: "2026-12-10T09:00:00".parse().unwrap(),
+            timezone: "Europe/London".into(),
+            due_at: Utc::now(),
+            attempts,
+            attempts_before_retry: 0,
+            lease_id: Uuid::new_v4(),
+        }
+    }
+
+    #[test]
+    fn an_event_whose_preparation_died_is_retried_and_on_its_last_attempt_keeps_its_series() {
+        let deliverer = deliverer(3);
+        let early = deliverer.unprepared(claimed_on_attempt(1), "worker panicked");
+        assert!(
+            matches!(early.outcome, DeliveryOutcome::Retry { .. }),
+            "{:?}",
+            early.outcome
+        );
+        assert_eq!(early.successor, Successor::NotNeeded);
+
+        let last = deliverer.unprepared(claimed_on_attempt(3), "worker panicked");
+        assert!(
+            matches!(last.outcome, DeliveryOutcome::Failed { .. }),
+            "{:?}",
+            last.outcome
+        );
+        assert!(
+            matches!(&last.successor, Successor::Replan { reason } if reason.contains("worker panicked")),
+            "the series is recorded to be planned again: {:?}",
+            last.successor
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_base_and_stops_at_max() {
