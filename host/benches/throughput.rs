@@ -551,7 +551,7 @@ async fn deliver_all(
     }
     loop {
         let delivered: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events WHERE status = 'delivered'")
+            sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status = 'delivered'")
                 .fetch_one(&pool)
                 .await?;
         if delivered as usize >= events {

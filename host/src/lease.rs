@@ -244,16 +244,54 @@ pub async fn complete(pool: &PgPool, completions: &[Completion]) -> anyhow::Resu
     Ok(store::retry_transient("recording outcomes", || complete_once(pool, completions)).await?)
 }
 
+/// Records finished outcomes: the events leave `events` for the history.
+const FINISH: &str = "WITH c AS ( \
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) \
+        AS c(id, lease_id, status, error)), \
+    finished AS ( \
+        DELETE FROM events e USING c \
+        WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
+        RETURNING e.*, c.status AS outcome, c.error AS outcome_error) \
+    INSERT INTO event_history (id, user_id, event_type, occurrence, timezone, due_at, \
+        run_at, status, attempts, attempts_before_retry, last_error, lease_id, \
+        lease_until, delivered_at, created_at, updated_at) \
+    SELECT id, user_id, event_type, occurrence, timezone, due_at, run_at, outcome, \
+        attempts, attempts_before_retry, \
+        CASE WHEN outcome = 'delivered' THEN last_error ELSE outcome_error END, \
+        NULL, NULL, CASE WHEN outcome = 'delivered' THEN now() END, created_at, now() \
+    FROM finished \
+    RETURNING id";
+
+/// Records outcomes that leave an event pending (retried, given back).
+const AGAIN: &str = "UPDATE events e SET \
+        status = 'pending', \
+        attempts = e.attempts - (c.status = 'released')::int, \
+        last_error = CASE WHEN c.status = 'released' THEN e.last_error ELSE c.error END, \
+        run_at = coalesce(c.run_at, e.run_at), \
+        lease_id = NULL, lease_until = NULL, updated_at = now() \
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) \
+        AS c(id, lease_id, status, error, run_at) \
+    WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
+    RETURNING e.id";
+
+/// Outcomes as the arrays one statement binds.
+#[derive(Default)]
+struct Outcomes<'a> {
+    ids: Vec<Uuid>,
+    leases: Vec<Uuid>,
+    statuses: Vec<&'a str>,
+    errors: Vec<Option<&'a str>>,
+    run_ats: Vec<Option<DateTime<Utc>>>,
+}
+
 async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Result<()> {
     let n = completions.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut leases = Vec::with_capacity(n);
-    let mut statuses = Vec::with_capacity(n);
-    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut run_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    // Finished events leave `events` for the history; the others (retried,
+    // given back) stay. Each statement gets only its own events, and is not
+    // sent when it has none.
+    let mut finished = Outcomes::default();
+    let mut again = Outcomes::default();
     for c in completions {
-        ids.push(c.event.id);
-        leases.push(c.event.lease_id);
         let (status, error, run_at) = match &c.outcome {
             DeliveryOutcome::Delivered => ("delivered", None, None),
             DeliveryOutcome::Retry { error, run_at } => {
@@ -263,9 +301,16 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
             DeliveryOutcome::Cancelled { reason } => ("cancelled", Some(reason.as_str()), None),
             DeliveryOutcome::Released => ("released", None, None),
         };
-        statuses.push(status);
-        errors.push(error);
-        run_ats.push(run_at);
+        let into = if matches!(status, "pending" | "released") {
+            &mut again
+        } else {
+            &mut finished
+        };
+        into.ids.push(c.event.id);
+        into.leases.push(c.event.lease_id);
+        into.statuses.push(status);
+        into.errors.push(error);
+        into.run_ats.push(run_at);
     }
 
     let mut tx = pool.begin().await?;
@@ -278,27 +323,32 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
     // successors' insert.
     let versions = store::lock_user_versions(&mut tx, &finished_users).await?;
 
-    let applied: Vec<Uuid> = sqlx::query_scalar(
-        "UPDATE events e SET \
-             status = CASE WHEN c.status = 'released' THEN 'pending' ELSE c.status END, \
-             attempts = e.attempts - (c.status = 'released')::int, \
-             last_error = CASE WHEN c.status IN ('delivered', 'released') THEN e.last_error \
-                          ELSE c.error END, \
-             run_at = coalesce(c.run_at, e.run_at), \
-             delivered_at = CASE WHEN c.status = 'delivered' THEN now() END, \
-             lease_id = NULL, lease_until = NULL, updated_at = now() \
-         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) \
-              AS c(id, lease_id, status, error, run_at) \
-         WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
-         RETURNING e.id",
-    )
-    .bind(&ids)
-    .bind(&leases)
-    .bind(&statuses)
-    .bind(&errors)
-    .bind(&run_ats)
-    .fetch_all(&mut *tx)
-    .await?;
+    // A finished event (delivered, failed, cancelled) leaves `events` for
+    // the history in this transaction; one retried or given back stays.
+    let mut applied: Vec<Uuid> = Vec::with_capacity(n);
+    if !finished.ids.is_empty() {
+        applied.extend(
+            sqlx::query_scalar::<_, Uuid>(FINISH)
+                .bind(&finished.ids)
+                .bind(&finished.leases)
+                .bind(&finished.statuses)
+                .bind(&finished.errors)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+    }
+    if !again.ids.is_empty() {
+        applied.extend(
+            sqlx::query_scalar::<_, Uuid>(AGAIN)
+                .bind(&again.ids)
+                .bind(&again.leases)
+                .bind(&again.statuses)
+                .bind(&again.errors)
+                .bind(&again.run_ats)
+                .fetch_all(&mut *tx)
+                .await?,
+        );
+    }
     if applied.len() < n {
         tracing::warn!(
             lost = n - applied.len(),

@@ -102,6 +102,23 @@ macro_rules! user_columns {
 }
 
 /// The columns of `Event`.
+/// Moves the rows a `DELETE FROM events … RETURNING e.*` takes into
+/// `event_history` as cancelled; the statement's count is how many.
+macro_rules! cancel_into_history {
+    ($delete:expr) => {
+        concat!(
+            "WITH gone AS (",
+            $delete,
+            ") INSERT INTO event_history (id, user_id, event_type, occurrence, timezone, \
+             due_at, run_at, status, attempts, attempts_before_retry, last_error, \
+             lease_id, lease_until, delivered_at, created_at, updated_at) \
+             SELECT id, user_id, event_type, occurrence, timezone, due_at, run_at, \
+             'cancelled', attempts, attempts_before_retry, last_error, NULL, NULL, NULL, \
+             created_at, now() FROM gone"
+        )
+    };
+}
+
 macro_rules! event_columns {
     () => {
         "id, user_id, event_type, occurrence, timezone, due_at, status, attempts, last_error, delivered_at"
@@ -205,10 +222,9 @@ pub async fn delete_user(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<bool
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(
-        "UPDATE events SET status = 'cancelled', lease_id = NULL, lease_until = NULL, \
-         updated_at = now() WHERE user_id = $1 AND status IN ('pending', 'processing')",
-    )
+    sqlx::query(cancel_into_history!(
+        "DELETE FROM events e WHERE e.user_id = $1 RETURNING e.*"
+    ))
     .bind(id)
     .execute(conn)
     .await?;
@@ -271,10 +287,10 @@ pub async fn list_user_events(pool: &PgPool, user_id: Uuid) -> sqlx::Result<Vec<
     sqlx::query_as(concat!(
         "SELECT ",
         event_columns!(),
-        " FROM events WHERE user_id = $1 AND status <> 'cancelled' \
+        " FROM events WHERE user_id = $1 \
          UNION ALL SELECT ",
         event_columns!(),
-        " FROM events WHERE user_id = $1 AND status = 'cancelled' \
+        " FROM event_history WHERE user_id = $1 \
          ORDER BY due_at, event_type"
     ))
     .bind(user_id)
@@ -291,7 +307,7 @@ pub async fn list_events(
     sqlx::query_as(concat!(
         "SELECT ",
         event_columns!(),
-        " FROM events \
+        " FROM all_events \
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR event_type = $2) \
          ORDER BY due_at, id LIMIT $3"
     ))
@@ -306,7 +322,7 @@ pub async fn get_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Event>> {
     sqlx::query_as(concat!(
         "SELECT ",
         event_columns!(),
-        " FROM events WHERE id = $1"
+        " FROM all_events WHERE id = $1"
     ))
     .bind(id)
     .fetch_optional(pool)
@@ -317,8 +333,13 @@ pub async fn get_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Event>> {
 /// of attempts. `None` when the event is not failed (or does not exist).
 pub async fn retry_failed_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Event>> {
     sqlx::query_as(concat!(
-        "UPDATE events SET status = 'pending', run_at = now(), attempts_before_retry = attempts, \
-         updated_at = now() WHERE id = $1 AND status = 'failed' RETURNING ",
+        "WITH failed AS ( \
+             DELETE FROM event_history WHERE id = $1 AND status = 'failed' RETURNING *) \
+         INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at, \
+             status, attempts, attempts_before_retry, last_error, created_at, updated_at) \
+         SELECT id, user_id, event_type, occurrence, timezone, due_at, now(), 'pending', \
+             attempts, attempts, last_error, created_at, now() FROM failed \
+         RETURNING ",
         event_columns!()
     ))
     .bind(id)
@@ -342,15 +363,16 @@ pub async fn cancel_unplanned_pending(
     let types: Vec<&str> = plans.iter().map(|p| p.event_type.as_str()).collect();
     let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
     let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
-    Ok(sqlx::query(
-        "UPDATE events e SET status = 'cancelled', updated_at = now() \
+    Ok(sqlx::query(cancel_into_history!(
+        "DELETE FROM events e \
          WHERE e.user_id = $1 AND e.status = 'pending' AND e.due_at > now() \
            AND e.event_type = ANY($5) \
            AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::timestamp[], $4::timestamptz[]) \
                            AS p(event_type, occurrence, due_at) \
                            WHERE p.event_type = e.event_type AND p.occurrence = e.occurrence \
-                             AND p.due_at = e.due_at)",
-    )
+                             AND p.due_at = e.due_at) \
+         RETURNING e.*"
+    ))
     .bind(user_id)
     .bind(&types)
     .bind(&occurrences)
@@ -391,7 +413,8 @@ where
 }
 
 /// Inserts planned events as pending; an occurrence that already has a live
-/// event is left alone (the unique key makes generation idempotent). Rows go
+/// event is left alone (the unique key makes generation idempotent), and so
+/// is one delivered or failed before (its row is in the history). Rows go
 /// in key order, so two transactions inserting overlapping plans (a
 /// scheduling pass and a delivery's next occurrence) wait on each other in
 /// the same order instead of deadlocking.
@@ -418,6 +441,9 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamp[], $5::text[], $6::timestamptz[]) \
               WITH ORDINALITY AS p(id, user_id, event_type, occurrence, timezone, due_at, n) \
          WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id) \
+           AND NOT EXISTS (SELECT 1 FROM event_history h \
+                           WHERE h.user_id = p.user_id AND h.event_type = p.event_type \
+                             AND h.occurrence = p.occurrence AND h.status <> 'cancelled') \
          ORDER BY p.n \
          ON CONFLICT (user_id, event_type, occurrence) WHERE status <> 'cancelled' DO NOTHING",
     )
@@ -504,15 +530,16 @@ pub async fn cancel_unplanned_pending_of_type(
     let users: Vec<Uuid> = plans.iter().map(|p| p.user_id).collect();
     let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
     let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
-    Ok(sqlx::query(
-        "UPDATE events e SET status = 'cancelled', updated_at = now() \
+    Ok(sqlx::query(cancel_into_history!(
+        "DELETE FROM events e \
          WHERE e.event_type = $1 AND e.user_id = ANY($2) AND e.status = 'pending' \
            AND e.due_at > now() \
            AND NOT EXISTS (SELECT 1 FROM unnest($3::uuid[], $4::timestamp[], $5::timestamptz[]) \
                            AS p(user_id, occurrence, due_at) \
                            WHERE p.user_id = e.user_id AND p.occurrence = e.occurrence \
-                             AND p.due_at = e.due_at)",
-    )
+                             AND p.due_at = e.due_at) \
+         RETURNING e.*"
+    ))
     .bind(event_type)
     .bind(user_ids)
     .bind(&users)
@@ -527,10 +554,9 @@ pub async fn cancel_unplanned_pending_of_type(
 /// pass and what waited to be planned for it.
 pub async fn cancel_pending_of_type(pool: &PgPool, event_type: &str) -> sqlx::Result<u64> {
     let mut tx = pool.begin().await?;
-    let cancelled = sqlx::query(
-        "UPDATE events SET status = 'cancelled', updated_at = now() \
-         WHERE event_type = $1 AND status = 'pending'",
-    )
+    let cancelled = sqlx::query(cancel_into_history!(
+        "DELETE FROM events e WHERE e.event_type = $1 AND e.status = 'pending' RETURNING e.*"
+    ))
     .bind(event_type)
     .execute(&mut *tx)
     .await?

@@ -9,7 +9,7 @@ async fn count_rows(app: &crate::helpers::TestApp) -> (i64, i64) {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM all_events")
         .fetch_one(&app.pool)
         .await
         .unwrap();

@@ -334,7 +334,7 @@ async fn two_replicas_on_one_database_never_deliver_an_event_twice() {
         Duration::from_secs(20),
         || async {
             let delivered: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM events WHERE status = 'delivered'")
+                sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status = 'delivered'")
                     .fetch_one(&first.pool)
                     .await
                     .unwrap();
@@ -350,7 +350,7 @@ async fn two_replicas_on_one_database_never_deliver_an_event_twice() {
     assert_eq!(received.len(), users);
     assert_eq!(ids.len(), users, "no event was delivered twice");
     let once: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE status = 'delivered' AND attempts = 1",
+        "SELECT count(*) FROM event_history WHERE status = 'delivered' AND attempts = 1",
     )
     .fetch_one(&first.pool)
     .await
@@ -441,4 +441,75 @@ async fn shutdown_stops_the_host_cleanly_and_leaves_no_event_processing() {
             .await
             .unwrap();
     assert_eq!(processing, 0);
+}
+
+#[tokio::test]
+async fn a_finished_event_leaves_the_table_the_claimer_scans_and_reads_the_same_through_the_api() {
+    let app = spawn_app().await;
+    let (user_id, event_id) = app.ada_with_event().await;
+    app.make_due(&event_id).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+
+    // The claimer's table holds only next year's occurrence; the delivered
+    // one is in the history.
+    let live: Vec<(String, String)> =
+        sqlx::query_as("SELECT id::text, status FROM events WHERE user_id = $1::uuid")
+            .bind(&user_id)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_ne!(live[0].0, event_id);
+    assert_eq!(live[0].1, "pending");
+    let finished: String =
+        sqlx::query_scalar("SELECT status FROM event_history WHERE id = $1::uuid")
+            .bind(&event_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(finished, "delivered");
+
+    // Every read answers as before: the user's events, the operator's
+    // listing by status, the event itself.
+    let statuses: Vec<Value> = app
+        .events_of(&user_id)
+        .await
+        .iter()
+        .map(|e| e["status"].clone())
+        .collect();
+    assert_eq!(statuses, [json!("delivered"), json!("pending")]);
+    let delivered: Vec<Value> = app
+        .get("/events?status=delivered")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(delivered[0]["id"], event_id.as_str());
+    assert!(delivered[0]["delivered_at"].is_string());
+    let pending: Vec<Value> = app
+        .get("/events?status=pending")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0]["id"], live[0].0.as_str());
+
+    // Deleting the user moves its pending event to the history, cancelled.
+    assert_eq!(
+        app.http
+            .delete(app.url(&format!("/users/{user_id}")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(app.event(&live[0].0).await["status"], "cancelled");
 }

@@ -541,7 +541,7 @@ impl TestApp {
             &format!("event {event_id} to be {status}"),
             Duration::from_secs(20),
             || async {
-                let now: String = sqlx::query_scalar("SELECT status FROM events WHERE id = $1")
+                let now: String = sqlx::query_scalar("SELECT status FROM all_events WHERE id = $1")
                     .bind(id)
                     .fetch_one(&self.pool)
                     .await
