@@ -412,6 +412,45 @@ where
     }
 }
 
+/// Planned events as the arrays `$1`–`$6` of an `unnest` insert: a fresh id,
+/// user, type, occurrence, timezone and due time per row. Ids are
+/// time-ordered (UUIDv7): a batch appends to the id index rather than
+/// dirtying a random leaf page per row.
+struct PlanColumns<'a> {
+    ids: Vec<Uuid>,
+    users: Vec<Uuid>,
+    types: Vec<&'a str>,
+    occurrences: Vec<NaiveDateTime>,
+    zones: Vec<&'a str>,
+    due: Vec<DateTime<Utc>>,
+}
+
+impl<'a> PlanColumns<'a> {
+    fn new(plans: Vec<&'a PlannedEvent>) -> Self {
+        Self {
+            ids: plans.iter().map(|_| Uuid::now_v7()).collect(),
+            users: plans.iter().map(|p| p.user_id).collect(),
+            types: plans.iter().map(|p| p.event_type.as_str()).collect(),
+            occurrences: plans.iter().map(|p| p.occurrence).collect(),
+            zones: plans.iter().map(|p| p.timezone.as_str()).collect(),
+            due: plans.iter().map(|p| p.due_at).collect(),
+        }
+    }
+
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.users)
+            .bind(&self.types)
+            .bind(&self.occurrences)
+            .bind(&self.zones)
+            .bind(&self.due)
+    }
+}
+
 /// Inserts planned events as pending; an occurrence that already has a live
 /// event is left alone (the unique key makes generation idempotent), and so
 /// is one delivered or failed before (its row is in the history). Rows go
@@ -426,16 +465,8 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
     sorted.sort_by(|a, b| {
         (a.user_id, &a.event_type, a.occurrence).cmp(&(b.user_id, &b.event_type, b.occurrence))
     });
-    let plans = sorted;
-    // Time-ordered ids: a batch appends to the id index rather than dirtying
-    // a random leaf page per row.
-    let ids: Vec<Uuid> = plans.iter().map(|_| Uuid::now_v7()).collect();
-    let users: Vec<Uuid> = plans.iter().map(|p| p.user_id).collect();
-    let types: Vec<&str> = plans.iter().map(|p| p.event_type.as_str()).collect();
-    let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
-    let zones: Vec<&str> = plans.iter().map(|p| p.timezone.as_str()).collect();
-    let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
-    Ok(sqlx::query(
+    let rows = PlanColumns::new(sorted);
+    Ok(rows.bind(sqlx::query(
         "INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at) \
          SELECT id, user_id, event_type, occurrence, timezone, due_at, due_at \
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamp[], $5::text[], $6::timestamptz[]) \
@@ -446,13 +477,7 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
                              AND h.occurrence = p.occurrence AND h.status <> 'cancelled') \
          ORDER BY p.n \
          ON CONFLICT (user_id, event_type, occurrence) WHERE status <> 'cancelled' DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&users)
-    .bind(&types)
-    .bind(&occurrences)
-    .bind(&zones)
-    .bind(&due)
+    ))
     .execute(conn)
     .await?
     .rows_affected())
@@ -461,8 +486,7 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
 /// Inserts the planned events of users created in the caller's transaction
 /// (an import batch). No other transaction can see those users yet, so
 /// nothing can conflict: a plain `INSERT`, without `insert_planned`'s
-/// existence check and `ON CONFLICT` probe. Ids are time-ordered (UUIDv7),
-/// so a large import appends to the id index instead of writing all over it.
+/// existence check and `ON CONFLICT` probe.
 pub async fn insert_planned_for_new_users(
     conn: &mut PgConnection,
     plans: &[PlannedEvent],
@@ -470,25 +494,15 @@ pub async fn insert_planned_for_new_users(
     if plans.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<Uuid> = plans.iter().map(|_| Uuid::now_v7()).collect();
-    let users: Vec<Uuid> = plans.iter().map(|p| p.user_id).collect();
-    let types: Vec<&str> = plans.iter().map(|p| p.event_type.as_str()).collect();
-    let occurrences: Vec<NaiveDateTime> = plans.iter().map(|p| p.occurrence).collect();
-    let zones: Vec<&str> = plans.iter().map(|p| p.timezone.as_str()).collect();
-    let due: Vec<DateTime<Utc>> = plans.iter().map(|p| p.due_at).collect();
-    Ok(sqlx::query(
-        "INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at) \
-         SELECT id, user_id, event_type, occurrence, timezone, due_at, due_at \
-         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamp[], $5::text[], $6::timestamptz[]) \
-              AS p(id, user_id, event_type, occurrence, timezone, due_at)",
-    )
-    .bind(&ids)
-    .bind(&users)
-    .bind(&types)
-    .bind(&occurrences)
-    .bind(&zones)
-    .bind(&due)
-    .execute(conn)
+    let rows = PlanColumns::new(plans.iter().collect());
+    Ok(rows
+        .bind(sqlx::query(
+            "INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at) \
+             SELECT id, user_id, event_type, occurrence, timezone, due_at, due_at \
+             FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamp[], $5::text[], $6::timestamptz[]) \
+                  AS p(id, user_id, event_type, occurrence, timezone, due_at)",
+        ))
+        .execute(conn)
     .await?
     .rows_affected())
 }
