@@ -75,6 +75,9 @@ pub struct Event {
     pub id: Uuid,
     pub user_id: Uuid,
     pub event_type: String,
+    /// The version of the type's component that formatted the latest
+    /// attempt's message; `None` until an attempt formatted one.
+    pub event_type_version: Option<String>,
     #[serde(serialize_with = "serialize_local")]
     pub occurrence: NaiveDateTime,
     pub timezone: String,
@@ -101,7 +104,6 @@ macro_rules! user_columns {
     };
 }
 
-/// The columns of `Event`.
 /// Moves the rows a `DELETE FROM events … RETURNING e.*` takes into
 /// `event_history` as cancelled; the statement's count is how many.
 macro_rules! cancel_into_history {
@@ -111,17 +113,20 @@ macro_rules! cancel_into_history {
             $delete,
             ") INSERT INTO event_history (id, user_id, event_type, occurrence, timezone, \
              due_at, run_at, status, attempts, attempts_before_retry, last_error, \
-             lease_id, lease_until, delivered_at, created_at, updated_at) \
+             lease_id, lease_until, delivered_at, created_at, updated_at, \
+             event_type_version) \
              SELECT id, user_id, event_type, occurrence, timezone, due_at, run_at, \
              'cancelled', attempts, attempts_before_retry, last_error, NULL, NULL, NULL, \
-             created_at, now() FROM gone"
+             created_at, now(), event_type_version FROM gone"
         )
     };
 }
 
+/// The columns of `Event`.
 macro_rules! event_columns {
     () => {
-        "id, user_id, event_type, occurrence, timezone, due_at, status, attempts, last_error, delivered_at"
+        "id, user_id, event_type, event_type_version, occurrence, timezone, due_at, status, \
+         attempts, last_error, delivered_at"
     };
 }
 
@@ -336,9 +341,10 @@ pub async fn retry_failed_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<
         "WITH failed AS ( \
              DELETE FROM event_history WHERE id = $1 AND status = 'failed' RETURNING *) \
          INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at, \
-             status, attempts, attempts_before_retry, last_error, created_at, updated_at) \
+             status, attempts, attempts_before_retry, last_error, created_at, updated_at, \
+             event_type_version) \
          SELECT id, user_id, event_type, occurrence, timezone, due_at, now(), 'pending', \
-             attempts, attempts, last_error, created_at, now() FROM failed \
+             attempts, attempts, last_error, created_at, now(), event_type_version FROM failed \
          RETURNING ",
         event_columns!()
     ))

@@ -51,9 +51,10 @@ async fn creating_a_user_returns_it_with_an_id_and_schedules_its_birthday() {
             .contains("-12-10T09:00:00"),
         "{event}"
     );
-    for key in ["id", "last_error", "delivered_at"] {
+    for key in ["id", "last_error", "delivered_at", "event_type_version"] {
         assert!(event.get(key).is_some(), "event lacks {key}");
     }
+    assert!(event["event_type_version"].is_null(), "not formatted yet");
 }
 
 #[tokio::test]
