@@ -220,20 +220,24 @@ impl Deliverer {
             event,
             outcome,
             successor,
+            event_type_version: None,
         }
     }
 
     /// Sends a prepared event and decides its outcome.
     async fn send(&self, prepared: Prepared) -> Completion {
         let Prepared { event, work } = prepared;
-        let (outcome, successor) = match work {
-            Work::Settled(outcome) => (outcome, Successor::NotNeeded),
+        let (outcome, successor, event_type_version) = match work {
+            Work::Settled(outcome) => (outcome, Successor::NotNeeded, None),
             Work::Attempt {
                 plugin,
                 message,
                 successor,
             } => {
                 metrics::delivery_attempt();
+                // The plugin that made the message, even if the type has
+                // been replaced since.
+                let version = message.is_ok().then(|| plugin.info.version.clone());
                 let outcome = match self.attempt(&event, &plugin, message).await {
                     Ok(()) => {
                         metrics::delivered();
@@ -262,13 +266,14 @@ impl Deliverer {
                         })
                     }
                 };
-                (outcome, successor)
+                (outcome, successor, version)
             }
         };
         Completion {
             event,
             outcome,
             successor,
+            event_type_version,
         }
     }
 
@@ -304,6 +309,7 @@ impl Deliverer {
         let body = serde_json::to_vec(&Payload {
             id: event.id,
             event_type: &event.event_type,
+            event_type_version: &plugin.info.version,
             user_id: event.user_id,
             occurrence: format_local(&event.occurrence),
             timezone: &event.timezone,
@@ -371,6 +377,8 @@ impl Deliverer {
 struct Payload<'a> {
     id: Uuid,
     event_type: &'a str,
+    /// The version of the type's component that formatted `message`.
+    event_type_version: &'a str,
     user_id: Uuid,
     occurrence: String,
     timezone: &'a str,

@@ -81,6 +81,10 @@ pub struct Completion {
     pub event: ClaimedEvent,
     pub outcome: DeliveryOutcome,
     pub successor: Successor,
+    /// The version of the type whose plugin formatted this attempt's message
+    /// (the body's `event_type_version`), stored on the event; `None` when
+    /// the attempt got no message, which leaves the stored one as it was.
+    pub event_type_version: Option<String>,
 }
 
 /// A claimed event with its user as the claim read them: everything a
@@ -245,20 +249,24 @@ pub async fn complete(pool: &PgPool, completions: &[Completion]) -> anyhow::Resu
 }
 
 /// Records finished outcomes: the events leave `events` for the history.
+/// An outcome with no `event_type_version` (no message was made) keeps the
+/// event's, as `AGAIN` does.
 const FINISH: &str = "WITH c AS ( \
-        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) \
-        AS c(id, lease_id, status, error)), \
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[]) \
+        AS c(id, lease_id, status, error, version)), \
     finished AS ( \
         DELETE FROM events e USING c \
         WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
-        RETURNING e.*, c.status AS outcome, c.error AS outcome_error) \
+        RETURNING e.*, c.status AS outcome, c.error AS outcome_error, \
+            c.version AS outcome_version) \
     INSERT INTO event_history (id, user_id, event_type, occurrence, timezone, due_at, \
         run_at, status, attempts, attempts_before_retry, last_error, lease_id, \
-        lease_until, delivered_at, created_at, updated_at) \
+        lease_until, delivered_at, created_at, updated_at, event_type_version) \
     SELECT id, user_id, event_type, occurrence, timezone, due_at, run_at, outcome, \
         attempts, attempts_before_retry, \
         CASE WHEN outcome = 'delivered' THEN last_error ELSE outcome_error END, \
-        NULL, NULL, CASE WHEN outcome = 'delivered' THEN now() END, created_at, now() \
+        NULL, NULL, CASE WHEN outcome = 'delivered' THEN now() END, created_at, now(), \
+        coalesce(outcome_version, event_type_version) \
     FROM finished \
     RETURNING id";
 
@@ -268,9 +276,10 @@ const AGAIN: &str = "UPDATE events e SET \
         attempts = e.attempts - (c.status = 'released')::int, \
         last_error = CASE WHEN c.status = 'released' THEN e.last_error ELSE c.error END, \
         run_at = coalesce(c.run_at, e.run_at), \
+        event_type_version = coalesce(c.version, e.event_type_version), \
         lease_id = NULL, lease_until = NULL, updated_at = now() \
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[]) \
-        AS c(id, lease_id, status, error, run_at) \
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], \
+        $6::text[]) AS c(id, lease_id, status, error, run_at, version) \
     WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
     RETURNING e.id";
 
@@ -282,6 +291,7 @@ struct Outcomes<'a> {
     statuses: Vec<&'a str>,
     errors: Vec<Option<&'a str>>,
     run_ats: Vec<Option<DateTime<Utc>>>,
+    versions: Vec<Option<&'a str>>,
 }
 
 async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Result<()> {
@@ -311,6 +321,7 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
         into.statuses.push(status);
         into.errors.push(error);
         into.run_ats.push(run_at);
+        into.versions.push(c.event_type_version.as_deref());
     }
 
     let mut tx = pool.begin().await?;
@@ -333,6 +344,7 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
                 .bind(&finished.leases)
                 .bind(&finished.statuses)
                 .bind(&finished.errors)
+                .bind(&finished.versions)
                 .fetch_all(&mut *tx)
                 .await?,
         );
@@ -345,6 +357,7 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
                 .bind(&again.statuses)
                 .bind(&again.errors)
                 .bind(&again.run_ats)
+                .bind(&again.versions)
                 .fetch_all(&mut *tx)
                 .await?,
         );

@@ -3,7 +3,10 @@
 //! Most run the host's real claimer loop (`Claimer::run`); a test whose
 //! point is one step (a claim, a lease) drives that step itself.
 
-use crate::helpers::{SECRET, TestApp, ada, spawn_app, spawn_app_on, spawn_app_with};
+use crate::helpers::{
+    SECRET, TestApp, ada, plugin_dir_with_birthday, plugin_wasm, spawn_app, spawn_app_on,
+    spawn_app_with,
+};
 use kairos::lease::{self, claim_due_events, release_expired_leases};
 use kairos::signing;
 use serde_json::{Value, json};
@@ -73,6 +76,168 @@ async fn a_due_event_is_delivered_once_signed_and_the_next_year_is_scheduled() {
             .unwrap()
     };
     assert!(year(next) > year(&event), "{next} follows {event}");
+}
+
+/// The version a loaded type's component gives in `describe()`, as
+/// `GET /event-types` lists it.
+async fn loaded_version(app: &TestApp, name: &str) -> Value {
+    let types = app.event_types().await;
+    let version = types
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("{name} is not loaded: {types:?}"))["version"]
+        .clone();
+    assert!(
+        version.as_str().is_some_and(|v| !v.is_empty()),
+        "{name} has a version: {version}"
+    );
+    version
+}
+
+#[tokio::test]
+async fn a_delivered_webhook_and_its_event_name_the_version_of_the_type_that_formatted_it() {
+    let app = running_app().await;
+    let version = loaded_version(&app, "birthday").await;
+    let (user_id, event_id) = app.ada_with_event().await;
+    let pending = app.event(&event_id).await;
+    assert!(
+        pending["event_type_version"].is_null(),
+        "no message is made before an attempt: {pending}"
+    );
+    app.make_due(&event_id).await;
+    let delivered = app.wait_for_status(&event_id, "delivered").await;
+
+    let received = app.receiver.received();
+    assert_eq!(received.len(), 1);
+    let body = &received[0].body;
+    assert_eq!(body["event_type_version"], version, "{body}");
+    let keys: HashSet<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        HashSet::from([
+            "id",
+            "event_type",
+            "event_type_version",
+            "user_id",
+            "occurrence",
+            "timezone",
+            "due_at",
+            "message"
+        ])
+    );
+
+    // The event says the same through both listings; next year's
+    // occurrence has had no attempt yet.
+    assert_eq!(delivered["event_type_version"], version, "{delivered}");
+    let events = app.events_of(&user_id).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    for event in &events {
+        if event["id"] == event_id.as_str() {
+            assert_eq!(event["event_type_version"], version, "{event}");
+        } else {
+            assert_eq!(event["status"], "pending", "{event}");
+            assert!(event["event_type_version"].is_null(), "{event}");
+        }
+    }
+}
+
+/// Steps the claimer, as the point is what each attempt writes.
+#[tokio::test]
+async fn a_retried_attempt_stores_the_version_and_the_delivery_after_it_keeps_it() {
+    let app = spawn_app().await;
+    let version = loaded_version(&app, "birthday").await;
+    app.receiver.respond_with(&[500]);
+    let (_, event_id) = app.ada_with_event().await;
+
+    app.make_due(&event_id).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+    let retried = app.event(&event_id).await;
+    assert_eq!(retried["status"], "pending", "{retried}");
+    assert_eq!(retried["attempts"], 1);
+    assert!(retried["last_error"].as_str().unwrap().contains("500"));
+    assert_eq!(retried["event_type_version"], version, "{retried}");
+
+    app.make_due(&event_id).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+    let delivered = app.event(&event_id).await;
+    assert_eq!(delivered["status"], "delivered", "{delivered}");
+    assert_eq!(delivered["attempts"], 2);
+    assert_eq!(delivered["event_type_version"], version, "{delivered}");
+    let received = app.receiver.received();
+    assert_eq!(received.len(), 2);
+    for hook in &received {
+        assert_eq!(hook.body["event_type_version"], version, "{}", hook.body);
+    }
+}
+
+/// Steps the claimer, as the point is what each attempt writes.
+#[tokio::test]
+async fn an_attempt_whose_plugin_failed_keeps_the_version_of_the_last_message_made() {
+    let dir = plugin_dir_with_birthday(None);
+    std::fs::copy(plugin_wasm("kairos-misbehave"), dir.join("misbehave.wasm")).unwrap();
+    let app = spawn_app_with(|s| s.plugin_dir = dir).await; // max_attempts = 3
+    let version = loaded_version(&app, "misbehave").await;
+    let user = app.create_user(&ada()).await;
+    let user_id = user["id"].as_str().unwrap();
+    let event_id = app
+        .events_of(user_id)
+        .await
+        .into_iter()
+        .find(|e| e["event_type"] == "misbehave")
+        .expect("a misbehave event")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The first attempt makes a message; the receiver fails it.
+    app.receiver.respond_with(&[500]);
+    app.make_due(&event_id).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+    assert_eq!(app.event(&event_id).await["event_type_version"], version);
+
+    // From now on the plugin returns an error formatting this user's
+    // messages. The event is due, so the change leaves it in place.
+    let mut body = ada();
+    body["attributes"]["mode.format"] = json!("err");
+    assert_eq!(
+        app.put_json(&format!("/users/{user_id}"), &body)
+            .await
+            .status(),
+        200
+    );
+
+    // A retried attempt without a message keeps the version…
+    app.make_due(&event_id).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+    let retried = app.event(&event_id).await;
+    assert_eq!(retried["status"], "pending", "{retried}");
+    assert_eq!(retried["attempts"], 2);
+    assert!(
+        retried["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("plugin error"),
+        "{retried}"
+    );
+    assert_eq!(retried["event_type_version"], version, "{retried}");
+
+    // …and so does the last one, which fails the event into the history.
+    app.make_due(&event_id).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+    let failed = app.event(&event_id).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["attempts"], 3);
+    assert_eq!(failed["event_type_version"], version, "{failed}");
+    assert_eq!(
+        app.receiver.received().len(),
+        1,
+        "only the first attempt sent anything"
+    );
 }
 
 #[tokio::test]
@@ -164,6 +329,11 @@ async fn exhausted_attempts_fail_and_a_manual_retry_grants_a_fresh_round() {
     let retried: Value = response.json().await.unwrap();
     assert_eq!(retried["status"], "pending");
     assert_eq!(retried["attempts"], 3, "a manual retry keeps the count");
+    assert!(failed["event_type_version"].is_string(), "{failed}");
+    assert_eq!(
+        retried["event_type_version"], failed["event_type_version"],
+        "and the version of the last message made"
+    );
 
     // One more 500 is within the fresh round, then success.
     let done = app.wait_for_status(&event_id, "delivered").await;
