@@ -163,6 +163,7 @@ pub fn plugin_wasm(crate_name: &str) -> PathBuf {
             .arg(&target_dir)
             .args(["-p", "kairos-birthday", "-p", "kairos-anniversary"])
             .args(["-p", "kairos-misbehave", "-p", "kairos-compat-v0-1-0"])
+            .args(["-p", "kairos-birthday-next"])
             .status()
             .expect("run cargo to build the plugins");
         assert!(
