@@ -26,7 +26,12 @@ CREATE TABLE event_types (
     source       text NOT NULL CHECK (source IN ('api', 'directory')),
     generation   bigint NOT NULL,
     changed_at   timestamptz NOT NULL DEFAULT now(),
-    deleted_at   timestamptz
+    deleted_at   timestamptz,
+    -- What a plugin directory last published for this type (a digest of
+    -- the component and its settings): a directory file publishes only
+    -- what differs from it, so restarting replicas on the same image never
+    -- undoes a later upload or delete.
+    directory_digest text
 );
 
 -- Each replica says here, every heartbeat, that it is alive and which

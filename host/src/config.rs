@@ -185,6 +185,16 @@ pub struct Settings {
     /// (a plugin failed, or the type was not loaded where a user changed).
     #[arg(long, env = "KAIROS_REPLAN_EVERY", default_value = "1s", value_parser = parse_duration)]
     pub replan_every: Duration,
+    /// How often this replica reports itself to the fleet and compares the
+    /// registry's generations (a lost notification costs at most this); one
+    /// that misses three is stale, and its scheduling passes are taken over.
+    #[arg(long, env = "KAIROS_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// Follow the fleet's registry after start (off: serve the types loaded
+    /// at start until restarted, e.g. to hold one replica back while looking
+    /// into a rollout).
+    #[arg(long, env = "KAIROS_FOLLOW", default_value_t = true, action = clap::ArgAction::Set)]
+    pub follow: bool,
     /// Users per transaction when a loaded type is scheduled for everyone.
     #[arg(long, env = "KAIROS_SCHEDULE_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub schedule_batch: u32,
@@ -258,6 +268,12 @@ impl Settings {
              without it anyone who reaches the port could read and change every user \
              (set KAIROS_API_TOKENS to one or more comma-separated tokens)",
             self.bind
+        );
+        anyhow::ensure!(
+            self.heartbeat >= Duration::from_millis(50)
+                && self.heartbeat <= Duration::from_secs(3600),
+            "KAIROS_HEARTBEAT ({}) must be between 50ms and 1h",
+            humantime::format_duration(self.heartbeat)
         );
         anyhow::ensure!(
             self.retry_base <= self.retry_max,

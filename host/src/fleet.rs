@@ -11,6 +11,7 @@ use crate::plugin::{PluginConfig, PluginFile};
 use crate::store;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use sha2::Digest;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
 use std::collections::BTreeMap;
@@ -64,6 +65,8 @@ pub struct TypeRow {
     pub changed_at: DateTime<Utc>,
     /// Set when the type was deleted: replicas stop serving it.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// What a plugin directory last published for the type (`file_digest`).
+    pub directory_digest: Option<String>,
 }
 
 impl TypeRow {
@@ -76,12 +79,34 @@ impl TypeRow {
             && self.config == settings.config
             && self.webhook_url == settings.webhook_url
     }
+
+    /// Whether a plugin directory's file (component `sha256` with
+    /// `settings`, modified at `modified`) should become the type's active
+    /// version: only when it is newer than the type's latest change and is
+    /// not what a plugin directory published last. Else an upload or delete
+    /// made since stands, whoever restarts with the same file.
+    pub fn file_supersedes(
+        &self,
+        sha256: &str,
+        settings: &PluginFile,
+        modified: DateTime<Utc>,
+    ) -> bool {
+        modified > self.changed_at
+            && self.directory_digest.as_deref() != Some(&file_digest(sha256, settings))
+    }
+}
+
+/// The digest of a plugin directory's file: its component and settings.
+pub fn file_digest(sha256: &str, settings: &PluginFile) -> String {
+    let settings = serde_json::to_string(settings).unwrap_or_default();
+    crate::plugin::hex(&sha2::Sha256::digest(format!("{sha256}\n{settings}")))
 }
 
 /// The columns `type_row` reads.
 macro_rules! row_columns {
     () => {
-        "name, sha256, version, config, webhook_url, source, generation, changed_at, deleted_at"
+        "name, sha256, version, config, webhook_url, source, generation, changed_at, deleted_at, \
+         directory_digest"
     };
 }
 
@@ -96,6 +121,7 @@ fn type_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<TypeRow> {
         generation: row.try_get("generation")?,
         changed_at: row.try_get("changed_at")?,
         deleted_at: row.try_get("deleted_at")?,
+        directory_digest: row.try_get("directory_digest")?,
     })
 }
 
@@ -155,15 +181,16 @@ pub enum Published {
     Replaced(i64),
     /// The registry already holds exactly this: its generation.
     Unchanged(i64),
-    /// A file older than the type's latest change: nothing written.
-    Older,
+    /// A plugin directory's file that does not supersede the type's latest
+    /// change (`TypeRow::file_supersedes`): nothing written.
+    Superseded,
 }
 
 impl Published {
     pub fn generation(self) -> Option<i64> {
         match self {
             Published::Added(g) | Published::Replaced(g) | Published::Unchanged(g) => Some(g),
-            Published::Older => None,
+            Published::Superseded => None,
         }
     }
 }
@@ -212,33 +239,38 @@ pub async fn publish(pool: &PgPool, change: &Change<'_>) -> anyhow::Result<Publi
     lock_type(&mut tx, change.name).await?;
     let current = locked_row(&mut tx, change.name).await?;
     if let (Some(modified), Some(row)) = (change.file_modified, &current)
-        && modified <= row.changed_at
+        && !row.file_supersedes(change.sha256, change.settings, modified)
     {
-        return Ok(Published::Older);
+        return Ok(Published::Superseded);
     }
     if let Some(row) = current.as_ref().filter(|r| r.live())
         && row.same_content(change.sha256, change.settings)
     {
         return Ok(Published::Unchanged(row.generation));
     }
-    let stored: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM components WHERE sha256 = $1)")
-        .bind(change.sha256)
-        .fetch_one(&mut *tx)
-        .await?;
-    if !stored {
-        sqlx::query("INSERT INTO components (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+    let stored: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM components WHERE sha256 = $1)")
             .bind(change.sha256)
-            .bind(change.bytes)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+    if !stored {
+        sqlx::query(
+            "INSERT INTO components (sha256, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(change.sha256)
+        .bind(change.bytes)
+        .execute(&mut *tx)
+        .await?;
     }
     let generation: i64 = sqlx::query_scalar(
-        "INSERT INTO event_types (name, sha256, version, config, webhook_url, source, generation) \
-         VALUES ($1, $2, $3, $4, $5, $6, nextval('event_type_generation')) \
+        "INSERT INTO event_types AS t \
+             (name, sha256, version, config, webhook_url, source, generation, directory_digest) \
+         VALUES ($1, $2, $3, $4, $5, $6, nextval('event_type_generation'), $7) \
          ON CONFLICT (name) DO UPDATE SET sha256 = EXCLUDED.sha256, version = EXCLUDED.version, \
              config = EXCLUDED.config, webhook_url = EXCLUDED.webhook_url, \
              source = EXCLUDED.source, generation = EXCLUDED.generation, \
-             changed_at = now(), deleted_at = NULL \
+             changed_at = now(), deleted_at = NULL, \
+             directory_digest = coalesce(EXCLUDED.directory_digest, t.directory_digest) \
          RETURNING generation",
     )
     .bind(change.name)
@@ -247,9 +279,17 @@ pub async fn publish(pool: &PgPool, change: &Change<'_>) -> anyhow::Result<Publi
     .bind(Json(&change.settings.config))
     .bind(&change.settings.webhook_url)
     .bind(change.source.as_str())
+    .bind((change.source == Source::Directory).then(|| file_digest(change.sha256, change.settings)))
     .fetch_one(&mut *tx)
     .await?;
-    reset_pass(&mut tx, change.name, change.sha256, &change.settings.config, generation).await?;
+    reset_pass(
+        &mut tx,
+        change.name,
+        change.sha256,
+        &change.settings.config,
+        generation,
+    )
+    .await?;
     notify(&mut tx, change.name, generation).await?;
     tx.commit().await?;
     Ok(match current {
@@ -461,7 +501,12 @@ pub async fn finish_pass(
 
 /// Gives up `me`'s pass of `generation` (it failed, or the replica stops),
 /// so any replica may take it at once.
-pub async fn release_pass(pool: &PgPool, name: &str, generation: i64, me: Uuid) -> sqlx::Result<()> {
+pub async fn release_pass(
+    pool: &PgPool,
+    name: &str,
+    generation: i64,
+    me: Uuid,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE event_type_passes SET owner = NULL \
          WHERE event_type = $1 AND generation = $2 AND owner = $3",
@@ -476,10 +521,7 @@ pub async fn release_pass(pool: &PgPool, name: &str, generation: i64, me: Uuid) 
 
 /// Of the (type, generation) pairs this replica serves, those whose pass is
 /// incomplete and has no live owner: the ones it should take.
-pub async fn orphaned_passes(
-    pool: &PgPool,
-    served: &[(String, i64)],
-) -> sqlx::Result<Vec<String>> {
+pub async fn orphaned_passes(pool: &PgPool, served: &[(String, i64)]) -> sqlx::Result<Vec<String>> {
     let (names, generations): (Vec<&str>, Vec<i64>) =
         served.iter().map(|(n, g)| (n.as_str(), *g)).unzip();
     sqlx::query_scalar(concat!(

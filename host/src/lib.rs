@@ -16,6 +16,7 @@ pub mod config;
 pub mod delivery;
 pub mod embedded_pg;
 pub mod event_types;
+pub mod fleet;
 pub mod http;
 pub mod import;
 pub mod import_cli;

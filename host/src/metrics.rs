@@ -39,6 +39,7 @@ pub fn plugin_failures(event_type: &str, n: u64) {
 /// The counters plus gauges read at scrape time.
 pub fn render<'a>(
     loaded: impl IntoIterator<Item = &'a crate::plugin::LoadedPlugin>,
+    fleet: &crate::event_types::EventTypes,
     pending_events: i64,
     unplanned: &BTreeMap<String, i64>,
 ) -> String {
@@ -88,6 +89,29 @@ pub fn render<'a>(
             out,
             "kairos_event_types_loaded{{event_type=\"{}\"}} 1",
             plugin.name()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kairos_event_type_generation The generation of the fleet's registry this replica serves for a type.\n# TYPE kairos_event_type_generation gauge"
+    );
+    for plugin in &loaded {
+        if let Some(generation) = fleet.generation(plugin.name()) {
+            let _ = writeln!(
+                out,
+                "kairos_event_type_generation{{event_type=\"{}\"}} {generation}",
+                plugin.name()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP kairos_event_type_load_failed 1 when this replica could not load the fleet's latest version of a type (it keeps serving the previous one, if any).\n# TYPE kairos_event_type_load_failed gauge"
+    );
+    for event_type in fleet.load_errors().keys() {
+        let _ = writeln!(
+            out,
+            "kairos_event_type_load_failed{{event_type=\"{event_type}\"}} 1"
         );
     }
     type Read = fn(&crate::plugin::PluginHealth) -> u64;

@@ -111,8 +111,8 @@ pub async fn resolve_user(
 }
 
 /// After a user changed on this replica: records the types the fleet has
-/// but this replica has not loaded (a scheduling pass was started for them,
-/// or the user has live events of them), for a replica that has them.
+/// but this replica has not loaded (live in the fleet's registry, or the
+/// user has live events of them), for a replica that has them.
 pub async fn record_types_loaded_elsewhere(
     conn: &mut PgConnection,
     user_id: Uuid,
@@ -121,7 +121,7 @@ pub async fn record_types_loaded_elsewhere(
     Ok(sqlx::query(
         "INSERT INTO replans (user_id, event_type, reason) \
          SELECT $1, t.event_type, $3 FROM ( \
-             SELECT event_type FROM event_type_passes \
+             SELECT name AS event_type FROM event_types WHERE deleted_at IS NULL \
              UNION SELECT event_type FROM events \
                    WHERE user_id = $1 AND status IN ('pending', 'processing')) t \
          WHERE t.event_type <> ALL($2) \
@@ -138,8 +138,8 @@ pub async fn record_types_loaded_elsewhere(
 }
 
 /// `record_types_loaded_elsewhere` for users created in this transaction
-/// (an import batch): they have no events yet, so only the types the fleet
-/// has started a pass for, and this replica has not loaded, are recorded.
+/// (an import batch): they have no events yet, so only the types live in the
+/// fleet's registry that this replica has not loaded are recorded.
 pub async fn record_types_loaded_elsewhere_for_new_users(
     conn: &mut PgConnection,
     user_ids: &[Uuid],
@@ -152,8 +152,8 @@ pub async fn record_types_loaded_elsewhere_for_new_users(
         "INSERT INTO replans (user_id, event_type, reason) \
          SELECT u.id, t.event_type, $3 \
          FROM unnest($1::uuid[]) AS u(id) \
-         CROSS JOIN (SELECT event_type FROM event_type_passes \
-                     WHERE event_type <> ALL($2)) t \
+         CROSS JOIN (SELECT name AS event_type FROM event_types \
+                     WHERE deleted_at IS NULL AND name <> ALL($2)) t \
          ORDER BY u.id, t.event_type \
          ON CONFLICT (user_id, event_type) DO UPDATE SET \
              reason = EXCLUDED.reason, run_at = now(), updated_at = now()",

@@ -4,7 +4,7 @@
 
 use crate::plugin::{LoadedPlugin, PluginError, Subject};
 use crate::replan::{self, Replan};
-use crate::store;
+use crate::{fleet, store};
 use chrono::{DateTime, Duration, NaiveDateTime, Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use sqlx::{PgConnection, PgPool};
@@ -291,29 +291,43 @@ async fn write_type_plans(
     })
 }
 
-/// Brings one type's schedule in line for every user who has its dates, in
-/// batches of `batch` users by id (`plan_users`), logging progress. Users the
-/// type fails on are recorded to plan again, so the pass is complete either
-/// way. Recorded when it starts (so the fleet knows the type) and when it
-/// ends; skipped when a complete pass was already made with this component
-/// and config. Returns the number of events written.
-pub async fn schedule_type(
+/// How a replica's turn at a pass ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassEnd {
+    /// This replica finished it: events written in this turn.
+    Finished { written: u64 },
+    /// Another replica runs it, it was complete already, or a newer
+    /// generation replaced it.
+    NotMine,
+}
+
+/// Runs the fleet's scheduling pass of `plugin` at `generation` on this
+/// replica (`me`), if no live replica owns it: brings the type's schedule in
+/// line for every user who has its dates, in batches of `batch` users by
+/// id (`plan_users`), from where the pass stands (a replica that died
+/// part-way left its cursor), recording progress after each batch and
+/// logging it every few seconds. Users the type fails on are recorded to
+/// plan again, so the pass completes either way. Stops when it loses the
+/// pass (a newer generation, or a takeover after this replica went stale).
+pub async fn run_pass(
     pool: &PgPool,
     plugin: Arc<LoadedPlugin>,
+    generation: i64,
+    me: Uuid,
     batch: usize,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<PassEnd> {
     let name = plugin.name().to_string();
-    let config = serde_json::to_value(&plugin.config)?;
-    if store::pass_done(pool, &name, &plugin.sha256, &config).await? {
-        tracing::info!(event_type = %name, "schedule already made with this component and config");
-        return Ok(0);
-    }
-    store::start_pass(pool, &name, &plugin.sha256, &config).await?;
+    let Some(claim) = fleet::claim_pass(pool, &name, generation, me).await? else {
+        return Ok(PassEnd::NotMine);
+    };
     let dates = plugin.info.dates.clone();
-    let total = store::count_users_with_dates(pool, &dates).await?;
-    tracing::info!(event_type = %name, users = total, "scheduling event type");
+    let total = match claim.total {
+        Some(total) => total,
+        None => store::count_users_with_dates(pool, &dates).await?,
+    };
+    tracing::info!(event_type = %name, generation, users = total, done = claim.done, "scheduling event type");
     let started = std::time::Instant::now();
-    let (mut after, mut seen) = (None, 0i64);
+    let (mut after, mut seen) = (claim.cursor, claim.done);
     let mut done = PlanOutcome::default();
     let mut last_progress = std::time::Instant::now();
     loop {
@@ -326,23 +340,33 @@ pub async fn schedule_type(
         done.failed += outcome.failed;
         seen += ids.len() as i64;
         after = Some(last);
+        let total = total.max(seen);
+        if !fleet::pass_progress(pool, &name, generation, me, last, seen, total).await? {
+            tracing::info!(event_type = %name, generation, "the scheduling pass moved on without this replica");
+            return Ok(PassEnd::NotMine);
+        }
         if last_progress.elapsed() >= std::time::Duration::from_secs(5) {
             tracing::info!(event_type = %name, done = seen, total, "scheduling event type: progress");
             last_progress = std::time::Instant::now();
         }
     }
-    store::finish_pass(pool, &name, &plugin.sha256, &config).await?;
+    if !fleet::finish_pass(pool, &name, generation, me, seen).await? {
+        return Ok(PassEnd::NotMine);
+    }
     if done.failed > 0 {
         tracing::warn!(event_type = %name, failed = done.failed, "the type failed for some users; they keep their events and are planned again later");
     }
     tracing::info!(
         event_type = %name,
+        generation,
         users = seen,
         events_written = done.written,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "scheduled event type"
     );
-    Ok(done.written)
+    Ok(PassEnd::Finished {
+        written: done.written,
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use crate::claimer::Claimer;
 use crate::config::Settings;
 use crate::delivery::Deliverer;
 use crate::embedded_pg::EmbeddedPostgres;
-use crate::event_types::EventTypes;
+use crate::event_types::{EventTypes, FleetSettings};
 use crate::http::{self, AppState};
 use crate::outbound::{self, AllowList};
 use crate::plugin::{PluginRuntime, Registry, watcher};
@@ -28,6 +28,7 @@ pub struct Application {
     /// The claimer's state, shared by every claimer the supervisor starts.
     claimer_state: Arc<LoopState>,
     replanner_state: Arc<LoopState>,
+    follower_state: Arc<LoopState>,
     /// Kept so the embedded cluster stops when the application is dropped.
     embedded: Option<EmbeddedPostgres>,
     /// Kept so the plugin directory stays watched while the application runs.
@@ -60,18 +61,28 @@ impl Application {
             .context("connecting to PostgreSQL")?;
         migrate(&pool).await?;
 
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .with_context(|| format!("binding {}", settings.bind))?;
         let runtime = PluginRuntime::new(settings.plugin_limits())?
             .with_cache(&settings.data_dir.join("cache"))?;
         let registry = Arc::new(Registry::new(runtime));
+        let fleet = FleetSettings {
+            replica: uuid::Uuid::now_v7(),
+            host: replica_host(listener.local_addr()?),
+            heartbeat: settings.heartbeat,
+            batch: settings.schedule_batch as usize,
+        };
+        tracing::info!(replica = %fleet.replica, host = %fleet.host, "joining the fleet");
         let event_types = Arc::new(EventTypes::new(
             pool.clone(),
             registry.clone(),
             settings.plugin_dir.clone(),
             settings.data_dir.join("plugins"),
-            settings.schedule_batch as usize,
+            fleet,
         ));
-        let loaded = event_types.load_all().await?;
-        tracing::info!(types = ?loaded, dir = %settings.plugin_dir.display(), "event types loaded");
+        let loaded = event_types.start().await?;
+        tracing::info!(types = ?loaded, dir = %settings.plugin_dir.display(), "serving the fleet's event types");
         let watcher = if settings.watch && settings.plugin_dir.is_dir() {
             let (watcher, changes) = watcher::watch(&settings.plugin_dir, settings.watch_debounce)
                 .context("watching the plugin directory")?;
@@ -96,9 +107,6 @@ impl Application {
             client,
             settings.delivery(),
         ));
-        let listener = TcpListener::bind(settings.bind)
-            .await
-            .with_context(|| format!("binding {}", settings.bind))?;
         let tokens = http::auth::Tokens::new(
             settings.admin_token.as_deref(),
             settings.api_tokens.as_deref(),
@@ -111,23 +119,27 @@ impl Application {
         }
         let claimer_state = Arc::new(LoopState::new("claimer"));
         let replanner_state = Arc::new(LoopState::new("replanner"));
-        let loops: Arc<[Arc<LoopState>]> = if settings.claimer {
-            Arc::new([claimer_state.clone(), replanner_state.clone()])
-        } else {
-            Arc::new([])
-        };
+        let follower_state = Arc::new(LoopState::new("follower"));
+        let mut loops = Vec::new();
+        if settings.claimer {
+            loops.extend([claimer_state.clone(), replanner_state.clone()]);
+        }
+        if settings.follow {
+            loops.push(follower_state.clone());
+        }
         Ok(Self {
             state: AppState {
                 pool,
                 registry,
                 event_types,
                 tokens: Arc::new(tokens),
-                loops,
+                loops: loops.into(),
                 webhook_allow: allow,
             },
             deliverer,
             claimer_state,
             replanner_state,
+            follower_state,
             listener,
             settings,
             embedded,
@@ -201,6 +213,14 @@ impl Application {
                 stop_rx.clone(),
             )));
         }
+        if self.settings.follow {
+            let (event_types, rx) = (self.state.event_types.clone(), stop_rx.clone());
+            loops.push(tokio::spawn(supervisor::supervise(
+                self.follower_state.clone(),
+                move || event_types.clone().follow(wait_stop(rx.clone())),
+                stop_rx.clone(),
+            )));
+        }
         tracing::info!(addr = %self.local_addr(), "kairos is serving");
         let app = http::router(self.state.clone());
         let server = axum::serve(self.listener, app).with_graceful_shutdown(wait_stop(stop_rx));
@@ -210,11 +230,11 @@ impl Application {
         let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
         tracing::info!("shutting down");
         self.watcher.take();
-        self.state.event_types.abort_passes();
         let _ = stop_tx.send(true);
         for task in loops {
             task.await.context("a background loop's supervisor")?;
         }
+        self.state.event_types.leave().await;
         // Requests still open when the grace is over are cut.
         let margin = std::time::Duration::from_millis(500);
         let drain_until = deadline.max(tokio::time::Instant::now() + margin);
@@ -232,6 +252,18 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// How a replica names itself in the fleet's list: its host name and the
+/// address it serves on.
+fn replica_host(addr: SocketAddr) -> String {
+    let name = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    format!("{name} {addr}")
 }
 
 /// Says at start when the default webhook URL goes where delivery will

@@ -570,86 +570,26 @@ pub async fn cancel_unplanned_pending_of_type(
     .rows_affected())
 }
 
-/// Cancels every pending event of a type that was unloaded, and forgets its
-/// pass and what waited to be planned for it.
-pub async fn cancel_pending_of_type(pool: &PgPool, event_type: &str) -> sqlx::Result<u64> {
-    let mut tx = pool.begin().await?;
+/// Cancels every pending event of a type that was deleted, and forgets its
+/// pass and what waited to be planned for it, in the caller's transaction.
+pub async fn cancel_pending_of_type(
+    conn: &mut PgConnection,
+    event_type: &str,
+) -> sqlx::Result<u64> {
     let cancelled = sqlx::query(cancel_into_history!(
         "DELETE FROM events e WHERE e.event_type = $1 AND e.status = 'pending' RETURNING e.*"
     ))
     .bind(event_type)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await?
     .rows_affected();
     sqlx::query("DELETE FROM event_type_passes WHERE event_type = $1")
         .bind(event_type)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     sqlx::query("DELETE FROM replans WHERE event_type = $1")
         .bind(event_type)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-    tx.commit().await?;
     Ok(cancelled)
-}
-
-/// Whether a complete scheduling pass was made with this component and config.
-pub async fn pass_done(
-    pool: &PgPool,
-    event_type: &str,
-    sha256: &str,
-    config: &serde_json::Value,
-) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM event_type_passes \
-         WHERE event_type = $1 AND sha256 = $2 AND config = $3 AND completed_at IS NOT NULL)",
-    )
-    .bind(event_type)
-    .bind(sha256)
-    .bind(Json(config))
-    .fetch_one(pool)
-    .await
-}
-
-/// Records that a pass with this component and config started: from now on
-/// the fleet knows the type, and a replica without it records the users it
-/// changes for a replica that has it (`replan`).
-pub async fn start_pass(
-    pool: &PgPool,
-    event_type: &str,
-    sha256: &str,
-    config: &serde_json::Value,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO event_type_passes (event_type, sha256, config, started_at, completed_at) \
-         VALUES ($1, $2, $3, now(), NULL) \
-         ON CONFLICT (event_type) DO UPDATE \
-         SET sha256 = EXCLUDED.sha256, config = EXCLUDED.config, started_at = now(), \
-             completed_at = NULL",
-    )
-    .bind(event_type)
-    .bind(sha256)
-    .bind(Json(config))
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// Records that the pass with this component and config went over every user.
-pub async fn finish_pass(
-    pool: &PgPool,
-    event_type: &str,
-    sha256: &str,
-    config: &serde_json::Value,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE event_type_passes SET completed_at = now() \
-         WHERE event_type = $1 AND sha256 = $2 AND config = $3",
-    )
-    .bind(event_type)
-    .bind(sha256)
-    .bind(Json(config))
-    .execute(pool)
-    .await?;
-    Ok(())
 }

@@ -5,12 +5,15 @@ use crate::helpers::{
     ADMIN_TOKEN, TestApp, ada, eventually, plugin_bytes, spawn_app, spawn_app_on, spawn_app_with,
     urlencode,
 };
+use kairos::fleet;
+use kairos::plugin::PluginFile;
 use kairos::plugin::{Compiled, LoadedPlugin, PluginLimits, PluginRuntime, PluginSource};
-use kairos::scheduler;
+use kairos::scheduler::{self, PassEnd};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
+use uuid::Uuid;
 
 fn by_name<'a>(types: &'a [Value], name: &str) -> Option<&'a Value> {
     types.iter().find(|t| t["name"] == name)
@@ -309,8 +312,14 @@ async fn a_bad_upload_is_a_400_with_the_reason_and_changes_nothing() {
     let types = app.event_types().await;
     assert_eq!(types.len(), 1, "{types:?}");
     assert_eq!(types[0]["sha256"], birthday_before, "birthday untouched");
-    let uploads = app.settings.data_dir.join("plugins");
-    assert_eq!(std::fs::read_dir(uploads).unwrap().count(), 0);
+    // Nothing reached the fleet's registry either.
+    let (types, components): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM event_types), (SELECT count(*) FROM components)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((types, components), (1, 1), "only the bundled birthday");
 }
 
 #[tokio::test]
@@ -462,29 +471,64 @@ async fn a_plugin_built_against_wit_0_1_0_still_loads() {
 }
 
 #[tokio::test]
-async fn two_replicas_scheduling_one_type_at_once_write_one_event_per_user() {
-    let app = spawn_app().await;
+async fn two_replicas_starting_one_pass_at_once_run_it_once_and_write_one_event_per_user() {
+    // A host that does not follow the registry, so only the two "replicas"
+    // below take the pass.
+    let app = spawn_app_with(|s| s.follow = false).await;
     for _ in 0..25 {
         app.create_user(&ada()).await;
     }
-    // The same component on two "replicas", passing over the users at once
-    // in different batch sizes.
     let runtime = PluginRuntime::new(PluginLimits::default()).unwrap();
+    let bytes = plugin_bytes("kairos-anniversary");
     let plugin = Arc::new(
         LoadedPlugin::load(
             &runtime,
-            &plugin_bytes("kairos-anniversary"),
+            &bytes,
             Default::default(),
             None,
             PluginSource::File("anniversary.wasm".into()),
         )
         .unwrap(),
     );
+    let settings = PluginFile::default();
+    let published = fleet::publish(
+        &app.pool,
+        &fleet::Change {
+            name: "anniversary",
+            bytes: &bytes,
+            sha256: &plugin.sha256,
+            version: &plugin.info.version,
+            settings: &settings,
+            source: fleet::Source::Api,
+            file_modified: None,
+        },
+    )
+    .await
+    .unwrap();
+    let generation = published.generation().unwrap();
+    let (one, two) = (Uuid::now_v7(), Uuid::now_v7());
+    for replica in [one, two] {
+        fleet::heartbeat(
+            &app.pool,
+            replica,
+            "test",
+            Duration::from_secs(60),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    }
     let (a, b) = tokio::join!(
-        scheduler::schedule_type(&app.pool, plugin.clone(), 7),
-        scheduler::schedule_type(&app.pool, plugin.clone(), 3),
+        scheduler::run_pass(&app.pool, plugin.clone(), generation, one, 7),
+        scheduler::run_pass(&app.pool, plugin.clone(), generation, two, 3),
     );
-    assert_eq!(a.unwrap() + b.unwrap(), 25, "each event written once");
+    let mut ends = [a.unwrap(), b.unwrap()];
+    ends.sort_by_key(|end| matches!(end, PassEnd::NotMine));
+    assert_eq!(
+        ends,
+        [PassEnd::Finished { written: 25 }, PassEnd::NotMine],
+        "one replica runs the pass, the other leaves it"
+    );
     let per_user: Vec<i64> = sqlx::query_scalar(
         "SELECT count(*) FROM events WHERE event_type = 'anniversary' AND status = 'pending' \
          GROUP BY user_id",
@@ -495,9 +539,10 @@ async fn two_replicas_scheduling_one_type_at_once_write_one_event_per_user() {
     assert_eq!(per_user.len(), 25);
     assert!(per_user.iter().all(|n| *n == 1), "{per_user:?}");
 
-    // The pass is recorded: the same component and config skip it next time.
-    let again = scheduler::schedule_type(&app.pool, plugin, 7)
+    // The pass is complete: nobody runs it again for this generation.
+    let again = scheduler::run_pass(&app.pool, plugin, generation, Uuid::now_v7(), 7)
         .await
         .unwrap();
-    assert_eq!(again, 0);
+    assert_eq!(again, PassEnd::NotMine);
+    app.stop().await;
 }

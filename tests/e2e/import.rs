@@ -186,15 +186,17 @@ async fn an_imported_user_whose_plugin_fails_is_kept_and_recorded_to_plan_again(
 #[tokio::test]
 async fn users_imported_on_a_replica_without_a_type_get_it_from_a_replica_that_has_it() {
     let a = spawn_app().await;
+    // A second replica on the same database that does not follow the
+    // registry: it keeps only the bundled birthday.
+    let mut settings = a.settings.clone();
+    settings.data_dir = settings.data_dir.with_extension("replica-b");
+    settings.follow = false;
+    let b = spawn_app_on(settings, a.receiver.clone()).await;
     let response = a
         .put_type("anniversary", "", plugin_bytes("kairos-anniversary"))
         .await;
     assert_eq!(response.status(), 201);
     a.event_types.settle().await;
-    // A second replica on the same database, with only the bundled birthday.
-    let mut settings = a.settings.clone();
-    settings.data_dir = settings.data_dir.with_extension("replica-b");
-    let b = spawn_app_on(settings, a.receiver.clone()).await;
     assert!(b.registry.get("anniversary").is_none());
 
     let mut married = user("Married", "Europe/Paris", "1980-02-03");

@@ -7,6 +7,7 @@ mod api;
 mod delivery;
 mod embedded;
 mod event_types;
+mod fleet;
 mod helpers;
 mod import;
 mod kit;

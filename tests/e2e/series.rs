@@ -45,14 +45,16 @@ async fn make_replans_due(app: &TestApp) {
         .unwrap();
 }
 
-/// A second replica on `a`'s database with its own data directory, so it
-/// has only the bundled birthday, not what was uploaded to `a`.
+/// A second replica on `a`'s database, started before anniversary is
+/// uploaded and not following the registry: it has only birthday, as a
+/// replica has while a change is on its way to it, or when it cannot load
+/// the type's component.
 async fn replica_with_birthday_only(a: &TestApp) -> TestApp {
+    assert!(a.registry.get("anniversary").is_none());
     let mut settings = a.settings.clone();
     settings.data_dir = settings.data_dir.with_extension("replica-b");
-    let b = spawn_app_on(settings, a.receiver.clone()).await;
-    assert!(b.registry.get("anniversary").is_none());
-    b
+    settings.follow = false;
+    spawn_app_on(settings, a.receiver.clone()).await
 }
 
 async fn upload(app: &TestApp, name: &str, crate_name: &str) {
@@ -71,8 +73,9 @@ async fn a_user_updated_on_a_replica_without_anniversary_keeps_their_anniversary
     // Replica A has anniversary (uploaded there); replica B, on the same
     // database with its own data directory, has only birthday.
     let a = spawn_app().await;
-    upload(&a, "anniversary", "kairos-anniversary").await;
     let b = replica_with_birthday_only(&a).await;
+    upload(&a, "anniversary", "kairos-anniversary").await;
+    assert!(b.registry.get("anniversary").is_none());
 
     let user = a.create_user(&ada()).await;
     let user_id = user["id"].as_str().unwrap();
@@ -109,8 +112,9 @@ async fn a_user_updated_on_a_replica_without_anniversary_keeps_their_anniversary
 #[tokio::test]
 async fn a_user_created_on_a_replica_without_a_type_gets_it_from_a_replica_that_has_it() {
     let a = spawn_app().await;
-    upload(&a, "anniversary", "kairos-anniversary").await;
     let b = replica_with_birthday_only(&a).await;
+    upload(&a, "anniversary", "kairos-anniversary").await;
+    assert!(b.registry.get("anniversary").is_none());
 
     let user = b.create_user(&ada()).await;
     let user_id = user["id"].as_str().unwrap();
@@ -231,6 +235,7 @@ async fn a_scheduling_pass_keeps_the_events_of_users_its_plugin_fails_on() {
 #[tokio::test]
 async fn an_event_claimed_by_a_host_without_its_type_still_has_a_pending_series_afterwards() {
     let a = spawn_app().await;
+    let b = replica_with_birthday_only(&a).await;
     upload(&a, "anniversary", "kairos-anniversary").await;
     let user = a.create_user(&ada()).await;
     let user_id = user["id"].as_str().unwrap();
@@ -240,7 +245,7 @@ async fn an_event_claimed_by_a_host_without_its_type_still_has_a_pending_series_
 
     // B, without anniversary, steps its claimer more often than there are
     // attempts: it never takes the event.
-    let b = replica_with_birthday_only(&a).await;
+    assert!(b.registry.get("anniversary").is_none());
     for _ in 0..=b.settings.max_attempts {
         assert_eq!(b.run_claimer_once().await, 0);
     }

@@ -6,7 +6,7 @@ use super::{AppState, auth};
 use crate::event_types::{Change, UploadError};
 use crate::outbound::{self, AllowList};
 use crate::plugin::{LoadedPlugin, PluginConfig, PluginFile, PluginSource, valid_type_name};
-use crate::replan;
+use crate::{fleet, replan};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -61,32 +61,86 @@ pub fn describe(plugin: &LoadedPlugin) -> Value {
 
 fn source(source: &PluginSource) -> Value {
     let (kind, path) = match source {
-        PluginSource::Directory(p) => ("directory", p),
-        PluginSource::Upload(p) => ("upload", p),
-        PluginSource::File(p) => ("file", p),
+        PluginSource::Directory(p) => ("directory", Some(p)),
+        PluginSource::Upload => ("upload", None),
+        PluginSource::File(p) => ("file", Some(p)),
     };
     json!({
         "kind": kind,
-        "file": path.file_name().map(|f| f.to_string_lossy()),
+        "file": path.and_then(|p| p.file_name()).map(|f| f.to_string_lossy()),
     })
 }
 
-/// A loaded type with the count of its (user, type) pairs waiting to be
-/// planned again (`replan`).
-fn describe_with_waiting(plugin: &LoadedPlugin, waiting: &BTreeMap<String, i64>) -> Value {
-    let mut entry = describe(plugin);
-    entry["health"]["unplanned"] = json!(waiting.get(plugin.name()).copied().unwrap_or(0));
-    entry
+/// What the fleet knows, read once per request: the registry's rows, the
+/// passes, the replicas and the pairs waiting to be planned again.
+struct FleetView {
+    rows: BTreeMap<String, fleet::TypeRow>,
+    passes: BTreeMap<String, fleet::PassStatus>,
+    replicas: Vec<fleet::Replica>,
+    waiting: BTreeMap<String, i64>,
+}
+
+impl FleetView {
+    async fn read(state: &AppState) -> Result<Self, ApiError> {
+        let pool = &state.pool;
+        Ok(Self {
+            rows: fleet::rows(pool)
+                .await?
+                .into_iter()
+                .map(|row| (row.name.clone(), row))
+                .collect(),
+            passes: fleet::passes(pool).await?,
+            replicas: fleet::replicas(pool).await?,
+            waiting: replan::waiting_by_type(pool).await?,
+        })
+    }
+
+    /// A type served here, with the generation served, the fleet's view
+    /// of it (the registry's generation, what each replica serves) and its
+    /// scheduling pass.
+    fn describe(&self, state: &AppState, plugin: &LoadedPlugin) -> Value {
+        let name = plugin.name();
+        let mut entry = describe(plugin);
+        entry["health"]["unplanned"] = json!(self.waiting.get(name).copied().unwrap_or(0));
+        entry["generation"] = json!(state.event_types.generation(name));
+        let replicas: Vec<Value> = self
+            .replicas
+            .iter()
+            .map(|replica| {
+                let serving = replica.serving.get(name);
+                json!({
+                    "id": replica.id,
+                    "host": replica.host,
+                    "stale": replica.stale,
+                    "heartbeat_at": replica.heartbeat_at,
+                    "generation": serving.and_then(|s| s.generation),
+                    "sha256": serving.and_then(|s| s.sha256.clone()),
+                    "error": serving.and_then(|s| s.error.clone()),
+                })
+            })
+            .collect();
+        let row = self.rows.get(name);
+        entry["fleet"] = json!({
+            "generation": row.map(|r| r.generation),
+            "sha256": row.map(|r| &r.sha256),
+            "version": row.map(|r| &r.version),
+            "changed_at": row.map(|r| r.changed_at),
+            "changed_by": row.map(|r| r.source),
+            "replicas": replicas,
+        });
+        entry["pass"] = json!(self.passes.get(name));
+        entry
+    }
 }
 
 async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
-    let waiting = replan::waiting_by_type(&state.pool).await?;
+    let view = FleetView::read(&state).await?;
     Ok(Json(
         state
             .registry
             .snapshot()
             .values()
-            .map(|p| describe_with_waiting(p, &waiting))
+            .map(|p| view.describe(&state, p))
             .collect(),
     ))
 }
@@ -99,8 +153,8 @@ async fn show(
         .registry
         .get(&name)
         .ok_or(ApiError::NotFound("event type"))?;
-    let waiting = replan::waiting_by_type(&state.pool).await?;
-    Ok(Json(describe_with_waiting(&plugin, &waiting)))
+    let view = FleetView::read(&state).await?;
+    Ok(Json(view.describe(&state, &plugin)))
 }
 
 async fn upload(
@@ -155,7 +209,8 @@ async fn upload(
                 Change::Added => StatusCode::CREATED,
                 Change::Replaced => StatusCode::OK,
             };
-            Ok((status, Json(describe(&plugin))))
+            let view = FleetView::read(&state).await?;
+            Ok((status, Json(view.describe(&state, &plugin))))
         }
         Err(UploadError::Invalid(reason)) => Err(ApiError::bad_request("body", reason)),
         Err(UploadError::Internal(e)) => Err(ApiError::Internal(e)),

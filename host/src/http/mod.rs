@@ -125,7 +125,12 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     let snapshot = state.registry.snapshot();
     Ok((
         [("content-type", "text/plain; version=0.0.4")],
-        crate::metrics::render(snapshot.values().map(|p| p.as_ref()), pending, &waiting),
+        crate::metrics::render(
+            snapshot.values().map(|p| p.as_ref()),
+            &state.event_types,
+            pending,
+            &waiting,
+        ),
     ))
 }
 

@@ -36,8 +36,8 @@ pub struct PluginInfo {
 pub enum PluginSource {
     /// A `NAME.wasm` in the watched plugin directory.
     Directory(PathBuf),
-    /// Uploaded through the admin API (kept under the data directory).
-    Upload(PathBuf),
+    /// Uploaded through the admin API (kept in the fleet's registry).
+    Upload,
     /// Loaded by a tool (`kairos plugin check`), not by a running host.
     File(PathBuf),
 }
@@ -190,6 +190,29 @@ impl LoadedPlugin {
     pub fn with_fresh_health(mut self) -> Self {
         self.health = PluginHealth::default();
         self
+    }
+
+    /// The same component with other settings (a change of config or
+    /// webhook only): no compiling, and fresh health counters.
+    pub fn reconfigured(
+        &self,
+        config: PluginConfig,
+        webhook_url: Option<String>,
+        source: PluginSource,
+    ) -> Self {
+        Self {
+            info: self.info.clone(),
+            sha256: self.sha256.clone(),
+            config,
+            webhook_url,
+            loaded_at: Utc::now(),
+            source,
+            compiled: self.compiled,
+            health: PluginHealth::default(),
+            runtime: self.runtime.clone(),
+            pre: self.pre.clone(),
+            log: self.log.clone(),
+        }
     }
 
     /// Log lines this type wrote to the host's log, and lines the caps dropped.
