@@ -192,7 +192,7 @@ pub struct Settings {
     pub heartbeat: Duration,
     /// Follow the fleet's registry after start (off: serve the types loaded
     /// at start until restarted, e.g. to hold one replica back while looking
-    /// into a rollout).
+    /// into a rollout; it still reports itself every heartbeat).
     #[arg(long, env = "KAIROS_FOLLOW", default_value_t = true, action = clap::ArgAction::Set)]
     pub follow: bool,
     /// Users per transaction when a loaded type is scheduled for everyone.

@@ -36,6 +36,8 @@ pub struct FleetSettings {
     pub heartbeat: Duration,
     /// Users per transaction in a scheduling pass.
     pub batch: usize,
+    /// Whether to follow the registry after start (else only report).
+    pub follow: bool,
 }
 
 pub struct EventTypes {
@@ -635,6 +637,9 @@ impl EventTypes {
     /// when the database cannot be reached (the supervisor starts it again).
     pub async fn follow(self: Arc<Self>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
+        if !self.fleet.follow {
+            return self.report_only(shutdown).await;
+        }
         let mut listener = PgListener::connect_with(&self.pool)
             .await
             .context("connecting to listen for registry changes")?;
@@ -663,6 +668,20 @@ impl EventTypes {
                     self.sync().await?;
                     self.take_over_passes().await?;
                 }
+            }
+        }
+    }
+
+    /// A replica held at what it loaded at start (`KAIROS_FOLLOW=false`)
+    /// still reports itself every heartbeat, so the fleet does not take it
+    /// for dead.
+    async fn report_only(&self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.fleet.heartbeat);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                _ = tick.tick() => self.heartbeat().await?,
             }
         }
     }

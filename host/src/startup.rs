@@ -72,6 +72,7 @@ impl Application {
             host: replica_host(listener.local_addr()?),
             heartbeat: settings.heartbeat,
             batch: settings.schedule_batch as usize,
+            follow: settings.follow,
         };
         tracing::info!(replica = %fleet.replica, host = %fleet.host, "joining the fleet");
         let event_types = Arc::new(EventTypes::new(
@@ -124,9 +125,7 @@ impl Application {
         if settings.claimer {
             loops.extend([claimer_state.clone(), replanner_state.clone()]);
         }
-        if settings.follow {
-            loops.push(follower_state.clone());
-        }
+        loops.push(follower_state.clone());
         Ok(Self {
             state: AppState {
                 pool,
@@ -213,14 +212,12 @@ impl Application {
                 stop_rx.clone(),
             )));
         }
-        if self.settings.follow {
-            let (event_types, rx) = (self.state.event_types.clone(), stop_rx.clone());
-            loops.push(tokio::spawn(supervisor::supervise(
-                self.follower_state.clone(),
-                move || event_types.clone().follow(wait_stop(rx.clone())),
-                stop_rx.clone(),
-            )));
-        }
+        let (event_types, rx) = (self.state.event_types.clone(), stop_rx.clone());
+        loops.push(tokio::spawn(supervisor::supervise(
+            self.follower_state.clone(),
+            move || event_types.clone().follow(wait_stop(rx.clone())),
+            stop_rx.clone(),
+        )));
         tracing::info!(addr = %self.local_addr(), "kairos is serving");
         let app = http::router(self.state.clone());
         let server = axum::serve(self.listener, app).with_graceful_shutdown(wait_stop(stop_rx));
