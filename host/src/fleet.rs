@@ -138,7 +138,10 @@ pub async fn rows(pool: &PgPool) -> sqlx::Result<Vec<TypeRow>> {
 }
 
 /// One type's row, deleted or not.
-pub async fn row(pool: &PgPool, name: &str) -> sqlx::Result<Option<TypeRow>> {
+pub async fn row<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    name: &str,
+) -> sqlx::Result<Option<TypeRow>> {
     sqlx::query(concat!(
         "SELECT ",
         row_columns!(),
@@ -146,7 +149,7 @@ pub async fn row(pool: &PgPool, name: &str) -> sqlx::Result<Option<TypeRow>> {
     ))
     .bind(name)
     .try_map(|row| type_row(&row))
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await
 }
 
@@ -204,18 +207,6 @@ async fn lock_type(conn: &mut PgConnection, name: &str) -> sqlx::Result<()> {
     Ok(())
 }
 
-async fn locked_row(conn: &mut PgConnection, name: &str) -> sqlx::Result<Option<TypeRow>> {
-    sqlx::query(concat!(
-        "SELECT ",
-        row_columns!(),
-        " FROM event_types WHERE name = $1"
-    ))
-    .bind(name)
-    .try_map(|row| type_row(&row))
-    .fetch_optional(conn)
-    .await
-}
-
 async fn notify(conn: &mut PgConnection, name: &str, generation: i64) -> sqlx::Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
@@ -237,7 +228,7 @@ pub async fn publish(pool: &PgPool, change: &Change<'_>) -> anyhow::Result<Publi
     );
     let mut tx = pool.begin().await?;
     lock_type(&mut tx, change.name).await?;
-    let current = locked_row(&mut tx, change.name).await?;
+    let current = row(&mut *tx, change.name).await?;
     if let (Some(modified), Some(row)) = (change.file_modified, &current)
         && !row.file_supersedes(change.sha256, change.settings, modified)
     {
@@ -318,7 +309,7 @@ pub async fn delete(
 ) -> anyhow::Result<Option<Deleted>> {
     let mut tx = pool.begin().await?;
     lock_type(&mut tx, name).await?;
-    let Some(row) = locked_row(&mut tx, name).await?.filter(TypeRow::live) else {
+    let Some(row) = row(&mut *tx, name).await?.filter(TypeRow::live) else {
         return Ok(None);
     };
     if only_from.is_some_and(|source| source != row.source) {
@@ -347,9 +338,7 @@ pub async fn delete(
 pub async fn sweep_deleted(pool: &PgPool, name: &str) -> anyhow::Result<u64> {
     let mut tx = pool.begin().await?;
     lock_type(&mut tx, name).await?;
-    let deleted = locked_row(&mut tx, name)
-        .await?
-        .is_some_and(|row| !row.live());
+    let deleted = row(&mut *tx, name).await?.is_some_and(|row| !row.live());
     if !deleted {
         return Ok(0);
     }

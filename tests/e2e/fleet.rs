@@ -321,6 +321,8 @@ async fn replacing_birthday_while_three_replicas_deliver_fails_nothing_and_each_
     }
 }
 
+const LIVE_ANNIVERSARIES: &str = "SELECT count(*) FROM events WHERE event_type = 'anniversary'";
+
 #[tokio::test]
 async fn a_type_deleted_on_one_replica_stops_on_every_replica_and_its_events_are_cancelled_once() {
     let (a, b, c) = fleet_of_three(|_| {}).await;
@@ -335,14 +337,7 @@ async fn a_type_deleted_on_one_replica_stops_on_every_replica_and_its_events_are
     for _ in 0..5 {
         b.create_user(&ada()).await;
     }
-    assert_eq!(
-        scalar(
-            &a,
-            "SELECT count(*) FROM events WHERE event_type = 'anniversary'"
-        )
-        .await,
-        5
-    );
+    assert_eq!(scalar(&a, LIVE_ANNIVERSARIES).await, 5);
 
     assert_eq!(c.delete_type("anniversary").await.status(), 204);
     assert_eq!(
@@ -359,14 +354,7 @@ async fn a_type_deleted_on_one_replica_stops_on_every_replica_and_its_events_are
     }
     // Wait out the replicas' follow-up sweeps: still cancelled once each.
     tokio::time::sleep(3 * HEARTBEAT).await;
-    assert_eq!(
-        scalar(
-            &a,
-            "SELECT count(*) FROM events WHERE event_type = 'anniversary'"
-        )
-        .await,
-        0
-    );
+    assert_eq!(scalar(&a, LIVE_ANNIVERSARIES).await, 0);
     assert_eq!(
         scalar(
             &a,
