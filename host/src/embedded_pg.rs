@@ -251,6 +251,25 @@ impl EmbeddedPostgres {
         self.pg_ctl_stop()
     }
 
+    /// Stops the cluster at once, as a crash would (immediate shutdown: no
+    /// checkpoint, recovery on the next start). For tests of what a database
+    /// failure does to the host; start it again with `start` on the same
+    /// directory.
+    pub fn stop_immediately(&mut self) -> anyhow::Result<()> {
+        self.stopped = true;
+        self.run(
+            "pg_ctl",
+            &[
+                "stop",
+                "-w",
+                "-m",
+                "immediate",
+                "-D",
+                path_str(&self.data_dir)?,
+            ],
+        )
+    }
+
     fn pg_ctl_stop(&self) -> anyhow::Result<()> {
         self.run(
             "pg_ctl",

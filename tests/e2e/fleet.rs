@@ -5,12 +5,11 @@
 //! pass runs once for the fleet and survives the replica running it.
 
 use crate::helpers::{
-    ADMIN_TOKEN, Receiver, TestApp, ada, eventually, plugin_bytes, plugin_dir_with_birthday,
-    spawn_app_on, spawn_app_with, test_settings,
+    ADMIN_TOKEN, KairosProcess, Receiver, TestApp, ada, eventually, plugin_bytes,
+    plugin_dir_with_birthday, spawn_app_on, spawn_app_with,
 };
 use kairos::config::Settings;
 use serde_json::{Value, json};
-use std::process::Stdio;
 use std::time::Duration;
 
 /// How quickly a change must reach every replica.
@@ -445,15 +444,6 @@ async fn a_replica_that_lost_its_listen_connection_or_a_notification_catches_up_
     b.stop().await;
 }
 
-/// A free loopback port for a process to bind.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn a_replica_killed_during_a_scheduling_pass_is_replaced_by_another_that_finishes_it() {
     // The users, loaded by a host that does not follow the registry (so it
@@ -468,37 +458,18 @@ async fn a_replica_killed_during_a_scheduling_pass_is_replaced_by_another_that_f
 
     // Replica P, a real process: it takes the anniversary upload and runs
     // the pass, ten users per transaction.
-    let port = free_port();
-    let settings = test_settings(&host.database_url, &host.receiver);
-    let data_dir = settings.data_dir.with_extension("p");
-    let mut p = tokio::process::Command::new(env!("CARGO_BIN_EXE_kairos"))
-        .arg("serve")
-        .env("DATABASE_URL", &host.database_url)
-        .env("KAIROS_BIND", format!("127.0.0.1:{port}"))
-        .env("KAIROS_DATA_DIR", &data_dir)
-        .env("KAIROS_PLUGIN_DIR", plugin_dir_with_birthday(None))
-        .env("KAIROS_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("KAIROS_HEARTBEAT", "200ms")
-        .env("KAIROS_SCHEDULE_BATCH", "10")
-        .env("KAIROS_CLAIMER", "false")
-        .env("KAIROS_WATCH", "false")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start a kairos process");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    eventually("the process to serve", Duration::from_secs(30), || async {
-        http.get(format!("{base}/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
+    let p = KairosProcess::start(
+        &host.database_url,
+        &host.receiver,
+        &[
+            ("KAIROS_HEARTBEAT", "200ms"),
+            ("KAIROS_SCHEDULE_BATCH", "10"),
+            ("KAIROS_CLAIMER", "false"),
+        ],
+    )
     .await;
-    let response = http
-        .put(format!("{base}/event-types/anniversary"))
+    let response = reqwest::Client::new()
+        .put(format!("{}/event-types/anniversary", p.base))
         .bearer_auth(ADMIN_TOKEN)
         .header("content-type", "application/wasm")
         .body(plugin_bytes("kairos-anniversary"))
@@ -523,7 +494,7 @@ async fn a_replica_killed_during_a_scheduling_pass_is_replaced_by_another_that_f
         },
     )
     .await;
-    p.kill().await.unwrap();
+    p.kill().await;
     let (done, completed): (i64, bool) = sqlx::query_as(
         "SELECT done, completed_at IS NOT NULL FROM event_type_passes WHERE event_type = 'anniversary'",
     )

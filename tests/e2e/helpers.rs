@@ -612,3 +612,76 @@ pub fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+/// `kairos serve` as a real process on `database_url`, sending to
+/// `receiver`, with these extra settings (environment variables): a replica
+/// a test can kill with SIGKILL. Output goes to `<data dir>.log`.
+pub struct KairosProcess {
+    pub child: tokio::process::Child,
+    pub base: String,
+}
+
+impl KairosProcess {
+    /// Starts it and waits until `/ready` answers `200`.
+    pub async fn start(database_url: &str, receiver: &Receiver, env: &[(&str, &str)]) -> Self {
+        let data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("process-{}", Uuid::new_v4().simple()));
+        Self::start_in(&data_dir, database_url, receiver, env).await
+    }
+
+    /// `start` with this data directory (a restart of the same replica).
+    pub async fn start_in(
+        data_dir: &Path,
+        database_url: &str,
+        receiver: &Receiver,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_kairos"));
+        command
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("KAIROS_BIND", format!("127.0.0.1:{port}"))
+            .env("KAIROS_DATA_DIR", data_dir)
+            .env("KAIROS_PLUGIN_DIR", plugin_dir_with_birthday(None))
+            .env("KAIROS_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("KAIROS_WEBHOOK_URL", receiver.url())
+            .env("KAIROS_WEBHOOK_SECRET", SECRET)
+            .env("KAIROS_WATCH", "false")
+            .env("RUST_LOG", "kairos=info")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = command.spawn().expect("start a kairos process");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        eventually(
+            "the process to be ready",
+            Duration::from_secs(30),
+            || async {
+                http.get(format!("{base}/ready"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+        Self { child, base }
+    }
+
+    /// SIGKILL, and waits for it to be gone.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}

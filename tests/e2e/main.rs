@@ -13,5 +13,6 @@ mod import;
 mod kit;
 mod lifecycle;
 mod limits;
+mod operations;
 mod scheduling;
 mod series;
