@@ -13,7 +13,7 @@ use rand::{Rng, RngExt};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -72,6 +72,8 @@ pub struct Deliverer {
 struct AttemptError {
     message: String,
     retryable: bool,
+    /// What the receiver asked for in `Retry-After` (on `429` and `503`).
+    retry_after: Option<Duration>,
 }
 
 impl AttemptError {
@@ -79,14 +81,27 @@ impl AttemptError {
         Self {
             message: message.into(),
             retryable: true,
+            retry_after: None,
         }
     }
     fn permanent(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             retryable: false,
+            retry_after: None,
         }
     }
+}
+
+/// A `Retry-After` value: delay-seconds, or an HTTP date (a date in the
+/// past is no wait). `None` when absent or unreadable.
+fn retry_after(value: Option<&reqwest::header::HeaderValue>, now: SystemTime) -> Option<Duration> {
+    let text = value?.to_str().ok()?.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(text.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// A claimed event with its plugin work done: the message to send and the
@@ -345,10 +360,24 @@ impl Deliverer {
         if status.is_success() {
             return Ok(());
         }
+        let asked = matches!(
+            status,
+            reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::SERVICE_UNAVAILABLE
+        )
+        .then(|| {
+            retry_after(
+                response.headers().get(reqwest::header::RETRY_AFTER),
+                SystemTime::now(),
+            )
+        })
+        .flatten();
         let snippet = response_snippet(response).await;
         let message = format!("HTTP {status}{snippet}");
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            Err(AttemptError::retryable(message))
+            Err(AttemptError {
+                retry_after: asked,
+                ..AttemptError::retryable(message)
+            })
         } else {
             Err(AttemptError::permanent(message))
         }
@@ -358,7 +387,12 @@ impl Deliverer {
         let this_round = u32::try_from(event.attempts - event.attempts_before_retry).unwrap_or(0);
         if error.retryable && this_round < self.settings.retry.max_attempts {
             metrics::delivery_retried();
-            let delay = self.settings.retry.delay(this_round, &mut rand::rng());
+            // The receiver's own `Retry-After` wins over the backoff, up to
+            // KAIROS_RETRY_MAX.
+            let delay = match error.retry_after {
+                Some(asked) => asked.min(self.settings.retry.max),
+                None => self.settings.retry.delay(this_round, &mut rand::rng()),
+            };
             DeliveryOutcome::Retry {
                 error: error.message,
                 run_at: Utc::now() + delay,
@@ -564,6 +598,36 @@ mod tests {
             [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3600, 3600]
         );
         assert_eq!(policy.backoff(200), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        use reqwest::header::HeaderValue;
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        let read = |text: &str| retry_after(Some(&HeaderValue::from_str(text).unwrap()), now);
+        assert_eq!(read("120"), Some(Duration::from_secs(120)));
+        assert_eq!(read(" 0 "), Some(Duration::ZERO));
+        assert_eq!(
+            read("Sun, 06 Nov 1994 08:51:37 GMT"),
+            Some(Duration::from_secs(120))
+        );
+        // The obsolete forms HTTP still allows.
+        assert_eq!(
+            read("Sunday, 06-Nov-94 08:50:37 GMT"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            read("Sun Nov  6 08:49:47 1994"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            read("Sun, 06 Nov 1994 08:00:00 GMT"),
+            Some(Duration::ZERO),
+            "past"
+        );
+        assert_eq!(read("soon"), None);
+        assert_eq!(read("-5"), None);
+        assert_eq!(retry_after(None, now), None);
     }
 
     #[test]

@@ -220,6 +220,8 @@ pub struct Received {
     pub headers: HeaderMap,
     pub raw: Bytes,
     pub body: Value,
+    /// The status the receiver answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -236,6 +238,9 @@ struct ReceiverState {
     received: Mutex<Vec<Received>>,
     /// Statuses to answer with, in order; 200 once empty. `HANG` never answers.
     script: Mutex<VecDeque<u16>>,
+    /// While set: every request is answered with this status and, when
+    /// given, this `Retry-After` (an outage), scripts aside.
+    outage: Mutex<Option<(u16, Option<String>)>>,
     arrived: Notify,
 }
 
@@ -248,11 +253,16 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A receiver on this address (one that refused connections until now).
+    pub async fn start_at(addr: SocketAddr) -> Self {
         let state = Arc::new(ReceiverState::default());
         let app = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { addr, state }
@@ -265,6 +275,16 @@ impl Receiver {
     /// Answer the next requests with these statuses (or `HANG`), then 200.
     pub fn respond_with(&self, statuses: &[u16]) {
         self.state.script.lock().unwrap().extend(statuses);
+    }
+
+    /// Answers every request with `status` (and `Retry-After: retry_after`)
+    /// until `end_outage`.
+    pub fn start_outage(&self, status: u16, retry_after: Option<&str>) {
+        *self.state.outage.lock().unwrap() = Some((status, retry_after.map(str::to_string)));
+    }
+
+    pub fn end_outage(&self) {
+        *self.state.outage.lock().unwrap() = None;
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -302,8 +322,16 @@ async fn receive(
     uri: axum::http::Uri,
     headers: HeaderMap,
     raw: Bytes,
-) -> StatusCode {
-    let status = state.script.lock().unwrap().pop_front().unwrap_or(200);
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let outage = state.outage.lock().unwrap().clone();
+    let (status, retry_after) = match outage {
+        Some(answer) => answer,
+        None => (
+            state.script.lock().unwrap().pop_front().unwrap_or(200),
+            None,
+        ),
+    };
     let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     state.received.lock().unwrap().push(Received {
         at: std::time::Instant::now(),
@@ -311,12 +339,17 @@ async fn receive(
         headers,
         raw,
         body,
+        status,
     });
     state.arrived.notify_waiters();
     if status == HANG {
         std::future::pending::<()>().await;
     }
-    StatusCode::from_u16(status).unwrap()
+    let status = StatusCode::from_u16(status).unwrap();
+    match retry_after {
+        Some(value) => (status, [("retry-after", value)]).into_response(),
+        None => status.into_response(),
+    }
 }
 
 /// The app under test, its database and its receiver.

@@ -261,3 +261,151 @@ async fn a_host_killed_ten_times_while_delivering_loses_nothing_and_resends_only
     eprintln!("kill -9 ×10: {resent} resends of {EVENTS} events, each across a kill, same ids");
     loader.stop().await;
 }
+
+/// Settings for a host that delivers on its own with fast retries: an
+/// outage of a few seconds crosses many retry rounds.
+fn retrying(s: &mut kairos::config::Settings) {
+    s.claimer = true;
+    s.idle_poll = Duration::from_millis(100);
+    s.retry_base = Duration::from_millis(200);
+    s.retry_max = Duration::from_secs(2);
+    s.max_attempts = 30;
+}
+
+async fn notify_due(app: &TestApp) {
+    sqlx::query("SELECT pg_notify('kairos_events', '')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
+async fn wait_delivered(app: &TestApp, n: i64) {
+    crate::helpers::eventually(
+        "every event to be delivered",
+        Duration::from_secs(30),
+        || async { delivered(&app.pool).await == n },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_receiver_answering_503_gets_everything_once_it_recovers_at_the_pace_its_retry_after_asks()
+ {
+    let app = crate::helpers::spawn_app_with(retrying).await;
+    let receiver = app.receiver.clone();
+    receiver.start_outage(503, Some("1"));
+    const EVENTS: usize = 20;
+    backlog(&app, EVENTS).await;
+    notify_due(&app).await;
+    // Three rounds of 503s for every event, then the receiver recovers.
+    receiver.wait_for(3 * EVENTS, Duration::from_secs(30)).await;
+    receiver.end_outage();
+    wait_delivered(&app, EVENTS as i64).await;
+
+    let not_delivered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status <> 'delivered'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(not_delivered, 0);
+    let received = receiver.received();
+    let mut per_event: BTreeMap<&str, Vec<(Instant, u16)>> = BTreeMap::new();
+    for webhook in &received {
+        per_event
+            .entry(webhook.body["id"].as_str().unwrap())
+            .or_default()
+            .push((webhook.at, webhook.status));
+    }
+    assert_eq!(per_event.len(), EVENTS);
+    for (id, attempts) in &per_event {
+        let statuses: Vec<u16> = attempts.iter().map(|(_, s)| *s).collect();
+        assert_eq!(statuses.last(), Some(&200), "{id}: {statuses:?}");
+        assert!(
+            statuses[..statuses.len() - 1].iter().all(|s| *s == 503),
+            "{id}: {statuses:?}"
+        );
+        // `Retry-After: 1` paces the retries, not the 200 ms backoff.
+        for pair in attempts.windows(2) {
+            let gap = pair[1].0 - pair[0].0;
+            assert!(
+                gap >= Duration::from_millis(950),
+                "{id}: retried after {gap:?}"
+            );
+        }
+    }
+
+    // A `Retry-After` longer than KAIROS_RETRY_MAX (2 s) waits the maximum.
+    let before = receiver.received().len();
+    receiver.start_outage(429, Some("3600"));
+    let (_, event_id) = app.ada_with_event().await;
+    app.make_due(&event_id).await;
+    notify_due(&app).await;
+    receiver.wait_for(before + 1, Duration::from_secs(10)).await;
+    receiver.end_outage();
+    let sends = receiver.wait_for(before + 2, Duration::from_secs(10)).await;
+    let gap = sends[before + 1].at - sends[before].at;
+    assert!(
+        gap >= Duration::from_millis(1900) && gap < Duration::from_secs(4),
+        "capped at KAIROS_RETRY_MAX: {gap:?}"
+    );
+    assert_eq!(sends[before + 1].status, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_receiver_refusing_connections_gets_everything_once_it_recovers_and_retries_back_off() {
+    // Nothing listens on this address until the receiver recovers.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = crate::helpers::spawn_app_with(|s| {
+        retrying(s);
+        s.webhook_url = Some(format!("http://{addr}/hook"));
+    })
+    .await;
+    const EVENTS: usize = 20;
+    backlog(&app, EVENTS).await;
+    let outage_began = Instant::now();
+    notify_due(&app).await;
+    // Four failed attempts for every event.
+    crate::helpers::eventually(
+        "four refused attempts each",
+        Duration::from_secs(30),
+        || async {
+            let least: Option<i32> =
+                sqlx::query_scalar("SELECT min(attempts) FROM events WHERE due_at < now()")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            least.is_some_and(|n| n >= 4)
+        },
+    )
+    .await;
+    let (most, error): (i32, String) =
+        sqlx::query_as("SELECT max(attempts), min(last_error) FROM events WHERE due_at < now()")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let outage = outage_began.elapsed();
+    assert!(error.contains("connect"), "{error}");
+    // The retries back off: n attempts need at least the sum of the first
+    // n − 1 delays (200 ms doubling, up to 2 s, less 20 % jitter).
+    let least_wait: Duration = (1..most as u32)
+        .map(|n| Duration::from_millis(200 * 2u64.pow(n - 1)).min(Duration::from_secs(2)) * 4 / 5)
+        .sum();
+    assert!(least_wait <= outage, "{most} attempts in {outage:?}");
+
+    let receiver = Receiver::start_at(addr).await;
+    wait_delivered(&app, EVENTS as i64).await;
+    let per_event = deliveries_per_event(&receiver.received());
+    assert_eq!(per_event.len(), EVENTS);
+    assert!(per_event.values().all(|sends| sends.len() == 1));
+    let not_delivered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status <> 'delivered'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(not_delivered, 0);
+    app.stop().await;
+}
