@@ -255,7 +255,9 @@ impl Deliverer {
                 let version = message.is_ok().then(|| plugin.info.version.clone());
                 let outcome = match self.attempt(&event, &plugin, message).await {
                     Ok(()) => {
-                        metrics::delivered();
+                        metrics::delivered(
+                            (Utc::now() - event.due_at).to_std().unwrap_or_default(),
+                        );
                         DeliveryOutcome::Delivered
                     }
                     Err(error) => self.after_failure(&event, error),
@@ -348,7 +350,10 @@ impl Deliverer {
                 signing::sign(key, &id, timestamp, &body),
             );
         }
-        let response = request.body(body).send().await.map_err(|e| {
+        let sent = std::time::Instant::now();
+        let response = request.body(body).send().await;
+        metrics::webhook_duration(sent.elapsed());
+        let response = response.map_err(|e| {
             // A name that resolves to a refused address: no connection was
             // made, and none will be.
             match outbound::refusal_in(&e) {

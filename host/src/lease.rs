@@ -184,6 +184,7 @@ pub async fn claim_due_events(
     .bind(types)
     .fetch_all(pool)
     .await?;
+    crate::metrics::claim_batch(rows.len());
     Ok(rows.into_iter().map(ClaimRow::into_claimed).collect())
 }
 

@@ -41,6 +41,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = settings.without_empty_values();
         settings.validate()?;
+        crate::metrics::install();
         let (database_url, embedded) = match &settings.database_url {
             Some(url) => (url.clone(), None),
             None => {

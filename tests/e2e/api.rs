@@ -418,14 +418,70 @@ async fn health_ready_and_metrics_answer() {
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["event_types"], json!(["birthday"]));
-    app.create_user(&ada()).await;
+    let (_, event_id) = app.ada_with_event().await;
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("kairos_events_pending 1"), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "kairos_events_due"),
+        Some(0.0),
+        "{metrics}"
+    );
     assert!(
         metrics.contains("kairos_event_types_loaded{event_type=\"birthday\"} 1"),
         "{metrics}"
     );
+    app.make_due(&event_id).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        sample(&metrics, "kairos_events_due"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    // A delivery feeds the histograms (shared by every host of this test
+    // process, so at least one sample each).
+    assert_eq!(app.run_claimer_once().await, 1);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        sample(&metrics, "kairos_events_due"),
+        Some(0.0),
+        "{metrics}"
+    );
     assert!(metrics.contains("# TYPE kairos_events_delivered_total counter"));
+    for histogram in [
+        "# TYPE kairos_delivery_lag_seconds histogram",
+        "# TYPE kairos_webhook_duration_seconds histogram",
+        "# TYPE kairos_plugin_call_seconds histogram",
+        "# TYPE kairos_claim_batch_size histogram",
+    ] {
+        assert!(metrics.contains(histogram), "{histogram}: {metrics}");
+    }
+    for count in [
+        "kairos_delivery_lag_seconds_count",
+        "kairos_webhook_duration_seconds_count",
+        "kairos_plugin_call_seconds_count{event_type=\"birthday\"}",
+        "kairos_claim_batch_size_count",
+        "kairos_events_delivered_total",
+    ] {
+        assert!(
+            sample(&metrics, count).is_some_and(|n| n >= 1.0),
+            "{count}: {metrics}"
+        );
+    }
+    assert!(
+        sample(
+            &metrics,
+            "kairos_plugin_calls_total{event_type=\"birthday\"}"
+        )
+        .is_some_and(|n| n >= 2.0)
+    );
+}
+
+/// The value of the sample named exactly `name` (with its labels).
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
 }
 
 #[tokio::test]

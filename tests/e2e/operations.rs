@@ -98,18 +98,36 @@ async fn a_database_restart_while_delivering_loses_nothing_and_each_event_ends_d
         receiver
             .wait_for(300 * (round + 1), Duration::from_secs(60))
             .await;
-        let dir = dir.clone();
-        pg = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             if immediate {
                 pg.stop_immediately().unwrap();
             } else {
                 pg.stop().unwrap();
             }
-            std::thread::sleep(Duration::from_secs(1));
-            EmbeddedPostgres::start(&dir).unwrap()
         })
         .await
         .unwrap();
+        // The probes answer at once: not ready, but alive.
+        for _ in 0..3 {
+            let asked = Instant::now();
+            let ready = app.get("/ready").await;
+            assert_eq!(ready.status(), 503);
+            assert!(
+                asked.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                asked.elapsed()
+            );
+            let body: Value = ready.json().await.unwrap();
+            assert_ne!(body["database"], "ok", "{body}");
+            let asked = Instant::now();
+            assert_eq!(app.get("/health").await.status(), 200);
+            assert!(asked.elapsed() < Duration::from_millis(200));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let dir = dir.clone();
+        pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir).unwrap())
+            .await
+            .unwrap();
     }
 
     // Everything ends delivered, once in the database.

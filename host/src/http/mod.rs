@@ -118,18 +118,29 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE status = 'pending'")
-        .fetch_one(&state.pool)
-        .await?;
-    let waiting = crate::replan::waiting_by_type(&state.pool).await?;
+    // Bounded in cost whatever the table's size: a count that stops at
+    // `DUE_COUNTED` on the claimer's index, and the table statistics.
+    let (due, live_estimate): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM (SELECT 1 FROM events \
+                 WHERE status = 'pending' AND run_at <= now() LIMIT $1) d), \
+                (SELECT greatest(reltuples, 0)::bigint FROM pg_class \
+                 WHERE oid = 'events'::regclass)",
+    )
+    .bind(crate::metrics::DUE_COUNTED)
+    .fetch_one(&state.pool)
+    .await?;
+    let queue = crate::metrics::Queue {
+        due,
+        live_estimate,
+        unplanned: crate::replan::waiting_by_type(&state.pool).await?,
+    };
     let snapshot = state.registry.snapshot();
     Ok((
         [("content-type", "text/plain; version=0.0.4")],
         crate::metrics::render(
             snapshot.values().map(|p| p.as_ref()),
             &state.event_types,
-            pending,
-            &waiting,
+            &queue,
         ),
     ))
 }

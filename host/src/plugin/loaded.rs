@@ -346,6 +346,10 @@ impl LoadedPlugin {
             peak_memory: store.data().peak_memory,
             elapsed: started.elapsed(),
         };
+        // The call that asks a component being loaded for its name has none yet.
+        if !self.info.name.is_empty() {
+            crate::metrics::plugin_call(&self.info.name, report.elapsed);
+        }
         (result.map_err(|err| classify(&store, &err)), report)
     }
 }
