@@ -81,6 +81,7 @@ impl EmbeddedPostgres {
         std::fs::create_dir_all(&pg.socket_dir)
             .with_context(|| format!("creating {}", pg.socket_dir.display()))?;
         pg.give_to_cluster_user(&dir, true)?;
+        pg.check_reachable(&dir)?;
         std::fs::set_permissions(&pg.socket_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {}", pg.socket_dir.display()))?;
 
@@ -275,6 +276,35 @@ impl EmbeddedPostgres {
             "pg_ctl",
             &["stop", "-w", "-m", "fast", "-D", path_str(&self.data_dir)?],
         )
+    }
+
+    /// As root, the cluster runs as its own user, which must be able to
+    /// enter every directory above `dir`: said plainly here, rather than as
+    /// a bare "Permission denied" from PostgreSQL.
+    fn check_reachable(&self, dir: &Path) -> anyhow::Result<()> {
+        let Some(user) = &self.run_as else {
+            return Ok(());
+        };
+        let mut ancestors: Vec<&Path> = dir.ancestors().collect();
+        ancestors.reverse();
+        for ancestor in ancestors {
+            let entered = Command::new("runuser")
+                .args(["-u", user, "--", "test", "-x"])
+                .arg(ancestor)
+                .stdin(Stdio::null())
+                .status()
+                .context("running runuser")?;
+            if !entered.success() {
+                bail!(
+                    "the embedded PostgreSQL runs as the `{user}` user (kairos runs as root), \
+                     which cannot enter {}: make it searchable (`chmod o+x {}`), or set \
+                     KAIROS_DATA_DIR to a directory `{user}` can reach (such as /var/lib/kairos)",
+                    ancestor.display(),
+                    ancestor.display()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// As root, hands `path` to the cluster's user, which must read it.

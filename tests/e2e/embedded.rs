@@ -215,3 +215,26 @@ async fn a_running_cluster_made_by_an_earlier_kairos_gets_a_password_and_keeps_i
     drop(pg);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_data_directory_the_cluster_user_cannot_reach_is_refused_with_what_to_do() {
+    if !running_as_root() {
+        // Only as root does the cluster run as another user.
+        return;
+    }
+    let locked = cluster_dir("locked");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let error = EmbeddedPostgres::start(&locked.join("inside").join("postgres"))
+        .expect_err("postgres cannot enter the directory");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(&format!("cannot enter {}", locked.display())),
+        "{message}"
+    );
+    assert!(
+        message.contains("chmod o+x") && message.contains("KAIROS_DATA_DIR"),
+        "{message}"
+    );
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::remove_dir_all(&locked).unwrap();
+}
