@@ -330,9 +330,12 @@ impl EventTypes {
         })
         .await??;
         let sha256 = crate::plugin::hex(&Sha256::digest(&bytes));
+        // A directory's file competes with the registry's latest change; an
+        // upload kept by an older version is an upload, and wins as one.
+        let file_modified = (source == Source::Directory).then_some(modified);
         // Decided without compiling when the registry says so already.
         if let Some(row) = fleet::row(&self.pool, name).await? {
-            if !row.file_supersedes(&sha256, &settings, modified) {
+            if file_modified.is_some() && !row.file_supersedes(&sha256, &settings, modified) {
                 return Ok(Published::Superseded);
             }
             if row.live()
@@ -365,16 +368,17 @@ impl EventTypes {
                 version: &plugin.info.version,
                 settings: &settings,
                 source,
-                file_modified: Some(modified),
+                file_modified,
             },
         )
         .await
     }
 
     /// Uploads kept under the data directory by versions before the fleet
-    /// registry: each is published like a file of the plugin directory (when
-    /// newer than the type's latest change), then the directory is moved
-    /// aside so it is read once.
+    /// registry: each is published as an upload (it wins over a directory
+    /// file, as it did), then the directory is moved aside so it is read
+    /// once — unless one could not be published, to be tried again at the
+    /// next start.
     async fn publish_legacy_uploads(self: &Arc<Self>) {
         let dir = self.legacy_uploads_dir.clone();
         if !dir.is_dir() {
@@ -390,6 +394,7 @@ impl EventTypes {
                 return;
             }
         };
+        let mut all_published = true;
         for path in files {
             let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
@@ -399,9 +404,13 @@ impl EventTypes {
                     tracing::info!(event_type = name, ?outcome, file = %path.display(), "published an upload kept by an older version")
                 }
                 Err(error) => {
-                    tracing::warn!(event_type = name, file = %path.display(), error = format!("{error:#}"), "an upload kept by an older version did not load")
+                    all_published = false;
+                    tracing::warn!(event_type = name, file = %path.display(), error = format!("{error:#}"), "an upload kept by an older version was not published; tried again at the next start")
                 }
             }
+        }
+        if !all_published {
+            return;
         }
         let aside = dir.with_extension("published");
         if let Err(error) = std::fs::rename(&dir, &aside) {

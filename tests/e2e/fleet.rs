@@ -632,3 +632,55 @@ async fn a_replica_that_cannot_load_a_new_version_keeps_serving_the_old_one_and_
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn uploads_kept_on_disk_by_an_older_version_are_published_once_and_win_over_the_directory() {
+    let receiver = Receiver::start().await;
+    let mut settings =
+        crate::helpers::test_settings(&crate::helpers::fresh_database().await, &receiver);
+    // What an older kairos kept of two uploads: a new type, and a birthday
+    // that replaced the directory's.
+    let uploads = settings.data_dir.join("plugins");
+    std::fs::create_dir_all(&uploads).unwrap();
+    std::fs::write(
+        uploads.join("anniversary.wasm"),
+        plugin_bytes("kairos-anniversary"),
+    )
+    .unwrap();
+    std::fs::write(
+        uploads.join("anniversary.toml"),
+        "[config]\nsend_at = \"07:00\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        uploads.join("birthday.wasm"),
+        plugin_bytes("kairos-birthday-next"),
+    )
+    .unwrap();
+    settings.heartbeat = HEARTBEAT;
+    let app = spawn_app_on(settings.clone(), receiver.clone()).await;
+
+    let (status, anniversary) = type_on(&app, "anniversary").await;
+    assert_eq!(status, 200);
+    assert_eq!(anniversary["config"], json!({"send_at": "07:00"}));
+    assert_eq!(anniversary["source"]["kind"], "upload");
+    let (_, birthday) = type_on(&app, "birthday").await;
+    assert_eq!(
+        birthday["version"], "0.2.0-next",
+        "the upload won: {birthday}"
+    );
+    assert!(!uploads.exists());
+    assert!(
+        settings
+            .data_dir
+            .join("plugins.published/anniversary.wasm")
+            .is_file()
+    );
+    app.stop().await;
+
+    // Read once: a restart serves the same from the registry.
+    let app = spawn_app_on(settings, receiver).await;
+    assert_eq!(type_on(&app, "birthday").await.1["version"], "0.2.0-next");
+    assert_eq!(type_on(&app, "anniversary").await.0, 200);
+    app.stop().await;
+}
