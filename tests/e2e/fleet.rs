@@ -175,17 +175,8 @@ async fn replacing_birthday_while_three_replicas_deliver_fails_nothing_and_each_
     const USERS: usize = 600;
     import_users(&a, USERS, "1990-06-15", "2015-09-01").await;
     // A backlog: this year's birthdays, missed while the fleet was down.
-    sqlx::query(
-        "UPDATE events SET occurrence = occurrence - interval '1 year', \
-             due_at = due_at - interval '1 year', run_at = due_at - interval '1 year'",
-    )
-    .execute(&a.pool)
-    .await
-    .unwrap();
-    sqlx::query("SELECT pg_notify('kairos_events', '')")
-        .execute(&a.pool)
-        .await
-        .unwrap();
+    a.miss_every_event().await;
+    a.wake_claimers().await;
     a.receiver.wait_for(20, Duration::from_secs(20)).await;
 
     let response = b
@@ -297,10 +288,7 @@ async fn replacing_birthday_while_three_replicas_deliver_fails_nothing_and_each_
     .execute(&a.pool)
     .await
     .unwrap();
-    sqlx::query("SELECT pg_notify('kairos_events', '')")
-        .execute(&a.pool)
-        .await
-        .unwrap();
+    a.wake_claimers().await;
     let after = a
         .receiver
         .wait_for(USERS + 12, Duration::from_secs(20))

@@ -605,6 +605,34 @@ impl TestApp {
             .unwrap_or_else(|| panic!("event {event_id} not listed"))
     }
 
+    /// Wakes every claimer on this database, as an event becoming due does.
+    pub async fn wake_claimers(&self) {
+        sqlx::query("SELECT pg_notify('kairos_events', '')")
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    /// Turns every event into one missed while the hosts were down: its
+    /// occurrence a year earlier, so it is due (and long past) now.
+    pub async fn miss_every_event(&self) {
+        sqlx::query(
+            "UPDATE events SET occurrence = occurrence - interval '1 year', \
+                 due_at = due_at - interval '1 year', run_at = due_at - interval '1 year'",
+        )
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    /// Finished events that did not end delivered (failed or cancelled).
+    pub async fn finished_undelivered(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status <> 'delivered'")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Stops the app as SIGTERM would and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -33,13 +33,7 @@ async fn backlog(app: &TestApp, n: usize) {
         .unwrap();
     let report: Value = response.json().await.unwrap();
     assert_eq!(report["imported"], n, "{report}");
-    sqlx::query(
-        "UPDATE events SET occurrence = occurrence - interval '1 year', \
-             due_at = due_at - interval '1 year', run_at = due_at - interval '1 year'",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    app.miss_every_event().await;
 }
 
 async fn delivered(pool: &sqlx::PgPool) -> i64 {
@@ -87,10 +81,7 @@ async fn a_database_restart_while_delivering_loses_nothing_and_each_event_ends_d
     let app = spawn_app_on(settings, receiver.clone()).await;
     const USERS: usize = 1500;
     backlog(&app, USERS).await;
-    sqlx::query("SELECT pg_notify('kairos_events', '')")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    app.wake_claimers().await;
 
     // A fast shutdown, then an immediate one (a crash), each while the
     // backlog is being delivered.
@@ -254,12 +245,7 @@ async fn a_host_killed_ten_times_while_delivering_loses_nothing_and_resends_only
     }
     host.kill().await;
 
-    let not_delivered: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status <> 'delivered'")
-            .fetch_one(&loader.pool)
-            .await
-            .unwrap();
-    assert_eq!(not_delivered, 0);
+    assert_eq!(loader.finished_undelivered().await, 0);
     let per_event = deliveries_per_event(&receiver.received());
     assert_eq!(per_event.len(), EVENTS, "zero lost");
     // An event sent more than once was in flight at a kill: a kill falls
@@ -290,13 +276,6 @@ fn retrying(s: &mut kairos::config::Settings) {
     s.max_attempts = 30;
 }
 
-async fn notify_due(app: &TestApp) {
-    sqlx::query("SELECT pg_notify('kairos_events', '')")
-        .execute(&app.pool)
-        .await
-        .unwrap();
-}
-
 async fn wait_delivered(app: &TestApp, n: i64) {
     crate::helpers::eventually(
         "every event to be delivered",
@@ -314,18 +293,13 @@ async fn a_receiver_answering_503_gets_everything_once_it_recovers_at_the_pace_i
     receiver.start_outage(503, Some("1"));
     const EVENTS: usize = 20;
     backlog(&app, EVENTS).await;
-    notify_due(&app).await;
+    app.wake_claimers().await;
     // Three rounds of 503s for every event, then the receiver recovers.
     receiver.wait_for(3 * EVENTS, Duration::from_secs(30)).await;
     receiver.end_outage();
     wait_delivered(&app, EVENTS as i64).await;
 
-    let not_delivered: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status <> 'delivered'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(not_delivered, 0);
+    assert_eq!(app.finished_undelivered().await, 0);
     let received = receiver.received();
     let mut per_event: BTreeMap<&str, Vec<(Instant, u16)>> = BTreeMap::new();
     for webhook in &received {
@@ -357,7 +331,7 @@ async fn a_receiver_answering_503_gets_everything_once_it_recovers_at_the_pace_i
     receiver.start_outage(429, Some("3600"));
     let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
-    notify_due(&app).await;
+    app.wake_claimers().await;
     receiver.wait_for(before + 1, Duration::from_secs(10)).await;
     receiver.end_outage();
     let sends = receiver.wait_for(before + 2, Duration::from_secs(10)).await;
@@ -385,7 +359,7 @@ async fn a_receiver_refusing_connections_gets_everything_once_it_recovers_and_re
     const EVENTS: usize = 20;
     backlog(&app, EVENTS).await;
     let outage_began = Instant::now();
-    notify_due(&app).await;
+    app.wake_claimers().await;
     // Four failed attempts for every event.
     crate::helpers::eventually(
         "four refused attempts each",
@@ -419,11 +393,6 @@ async fn a_receiver_refusing_connections_gets_everything_once_it_recovers_and_re
     let per_event = deliveries_per_event(&receiver.received());
     assert_eq!(per_event.len(), EVENTS);
     assert!(per_event.values().all(|sends| sends.len() == 1));
-    let not_delivered: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status <> 'delivered'")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(not_delivered, 0);
+    assert_eq!(app.finished_undelivered().await, 0);
     app.stop().await;
 }
