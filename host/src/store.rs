@@ -356,7 +356,11 @@ pub async fn retry_failed_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<
 /// Cancels the user's pending events of the `answered` types that are not
 /// yet due and that no plan keeps as they are (same type, occurrence and due
 /// time). A type that did not answer (its plugin failed, or it is not loaded
-/// here) keeps its events: nothing replaced them.
+/// here) keeps its events: nothing replaced them. Nor does a type whose plan
+/// names an occurrence already delivered (or failed): the plan is behind the
+/// series (planned from a clock a little behind the database's, or right
+/// after an early delivery), its insert is refused, and the pending event is
+/// the series' next.
 pub async fn cancel_unplanned_pending(
     conn: &mut PgConnection,
     user_id: Uuid,
@@ -377,6 +381,12 @@ pub async fn cancel_unplanned_pending(
                            AS p(event_type, occurrence, due_at) \
                            WHERE p.event_type = e.event_type AND p.occurrence = e.occurrence \
                              AND p.due_at = e.due_at) \
+           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::timestamp[]) \
+                           AS p(event_type, occurrence) \
+                           JOIN event_history h ON h.user_id = e.user_id \
+                            AND h.event_type = p.event_type AND h.occurrence = p.occurrence \
+                            AND h.status <> 'cancelled' \
+                           WHERE p.event_type = e.event_type) \
          RETURNING e.*"
     ))
     .bind(user_id)
@@ -541,6 +551,8 @@ pub async fn count_users_with_dates(pool: &PgPool, dates: &[String]) -> sqlx::Re
 
 /// Cancels the pending, not-yet-due events of `event_type` for `user_ids` that
 /// no plan keeps as they are. `user_ids` are the users the type answered for.
+/// A user whose plan names an occurrence already delivered keeps the pending
+/// event, as in `cancel_unplanned_pending`.
 pub async fn cancel_unplanned_pending_of_type(
     conn: &mut PgConnection,
     event_type: &str,
@@ -558,6 +570,12 @@ pub async fn cancel_unplanned_pending_of_type(
                            AS p(user_id, occurrence, due_at) \
                            WHERE p.user_id = e.user_id AND p.occurrence = e.occurrence \
                              AND p.due_at = e.due_at) \
+           AND NOT EXISTS (SELECT 1 FROM unnest($3::uuid[], $4::timestamp[]) \
+                           AS p(user_id, occurrence) \
+                           JOIN event_history h ON h.user_id = p.user_id \
+                            AND h.event_type = e.event_type AND h.occurrence = p.occurrence \
+                            AND h.status <> 'cancelled' \
+                           WHERE p.user_id = e.user_id) \
          RETURNING e.*"
     ))
     .bind(event_type)

@@ -359,3 +359,43 @@ async fn an_event_whose_type_is_unloaded_here_after_its_claim_is_given_back_unat
     assert_eq!(back["attempts"], 0, "not counted as an attempt: {back}");
     assert!(app.receiver.received().is_empty());
 }
+
+#[tokio::test]
+async fn a_plan_behind_the_series_does_not_cancel_the_next_occurrence() {
+    // Ada's birthday is delivered before its local time (as a host whose
+    // clock runs behind the database's sees every delivery): the series
+    // goes on with next year's.
+    let app = spawn_app().await;
+    let (user_id, event_id) = app.ada_with_event().await;
+    let delivered = pending_of(&app, &user_id, "birthday").await;
+    app.make_due(&event_id).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+    let next = pending_of(&app, &user_id, "birthday").await;
+    assert!(next["occurrence"].as_str() > delivered["occurrence"].as_str());
+
+    // An edit now plans "the first birthday after now": the one delivered.
+    // Its insert is refused (delivered already), and next year's stays.
+    let response = app.put_json(&format!("/users/{user_id}"), &ada()).await;
+    assert_eq!(response.status(), 200);
+    let after = pending_of(&app, &user_id, "birthday").await;
+    assert_eq!(after["id"], next["id"], "next year's is kept");
+    // A scheduling pass over everyone plans the same and keeps it too.
+    let response = app
+        .put_type(
+            "birthday",
+            "?config.leap_day=feb28",
+            plugin_bytes("kairos-birthday"),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    app.event_types.settle().await;
+    assert_eq!(
+        pending_of(&app, &user_id, "birthday").await["id"],
+        next["id"]
+    );
+    let events = app.events_of(&user_id).await;
+    assert!(
+        of_type(&events, "birthday", "cancelled").is_empty(),
+        "{events:#?}"
+    );
+}
