@@ -33,7 +33,7 @@ pub const MAX_REPORTED: usize = 1_000;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// What an import did, as `POST /users/import` answers it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportReport {
     /// Users written.
     pub imported: u64,
@@ -46,12 +46,13 @@ pub struct ImportReport {
 }
 
 /// A line that was not imported, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rejected {
     /// Counting from 1; blank lines count.
     pub line: u64,
     /// The field at fault, by path (`dates.birthday`); none for a line that
     /// is not JSON or is too long.
+    #[schema(required = true)]
     pub field: Option<String>,
     pub error: String,
 }

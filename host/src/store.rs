@@ -9,7 +9,7 @@ use sqlx::{FromRow, PgConnection, PgPool};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct User {
     pub id: Uuid,
     pub first_name: String,
@@ -70,21 +70,27 @@ impl UserFields {
     }
 }
 
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Event {
     pub id: Uuid,
     pub user_id: Uuid,
     pub event_type: String,
     /// The version of the type's component that formatted the latest
     /// attempt's message; `None` until an attempt formatted one.
+    #[schema(required = true)]
     pub event_type_version: Option<String>,
+    /// Local wall time in the user's timezone, `YYYY-MM-DDTHH:MM:SS`.
     #[serde(serialize_with = "serialize_local")]
+    #[schema(value_type = String, example = "2026-12-10T09:00:00")]
     pub occurrence: NaiveDateTime,
     pub timezone: String,
     pub due_at: DateTime<Utc>,
+    /// pending, processing, delivered, failed or cancelled.
     pub status: String,
     pub attempts: i32,
+    #[schema(required = true)]
     pub last_error: Option<String>,
+    #[schema(required = true)]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 

@@ -115,6 +115,7 @@ async fn a_client_token_cannot_use_admin_routes_and_open_routes_need_none() {
         "/health",
         "/ready",
         "/metrics",
+        "/openapi.json",
         "/event-types",
         "/event-types/birthday",
     ] {

@@ -13,6 +13,7 @@ mod import;
 mod kit;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod operations;
 mod scheduling;
 mod series;

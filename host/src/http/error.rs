@@ -4,7 +4,17 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, for a person to read.
+    pub error: String,
+    /// The path of the field it is about (`dates.birthday`), or null.
+    #[schema(required = true)]
+    pub field: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -83,11 +93,15 @@ impl IntoResponse for ApiError {
         let body = match &self {
             Self::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "request failed");
-                json!({ "error": "internal error", "field": null })
+                ErrorBody {
+                    error: "internal error".into(),
+                    field: None,
+                }
             }
-            Self::BadRequest { field, message } => json!({ "error": message, "field": field }),
-            Self::Invalid { field, message } => json!({ "error": message, "field": field }),
-            other => json!({ "error": other.to_string(), "field": null }),
+            other => ErrorBody {
+                error: other.to_string(),
+                field: other.field().map(str::to_string),
+            },
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

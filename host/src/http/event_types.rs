@@ -1,7 +1,7 @@
 //! `/event-types`: the loaded types (open to all), and the admin API that
 //! uploads, replaces and unloads them (admin token, `auth::admin`).
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::{AppState, auth};
 use crate::event_types::{Change, UploadError};
 use crate::outbound::{self, AllowList};
@@ -30,6 +30,50 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/event-types", get(list))
         .route("/event-types/{name}", get(show).merge(admin))
 }
+
+/// The schema of a type's entry, as `describe` and `FleetView::describe`
+/// build it: never constructed, it is what the OpenAPI document shows.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(as = EventType)]
+pub(super) struct EventTypeEntry {
+    name: String,
+    /// `describe().version` of the component.
+    version: String,
+    description: String,
+    /// The subject's dates the type needs.
+    dates: Vec<String>,
+    /// SHA-256 of the component, hex.
+    sha256: String,
+    loaded_at: chrono::DateTime<chrono::Utc>,
+    config: BTreeMap<String, String>,
+    #[schema(required = true)]
+    webhook_url: Option<String>,
+    /// `{"kind": "directory" | "upload" | "file", "file": name or null}`.
+    #[schema(value_type = Object)]
+    source: Value,
+    /// `{"status": "ok" | "failing", "calls", "failures",
+    /// "consecutive_failures", "recent_calls", "recent_failures",
+    /// "last_error", "unplanned"}`.
+    #[schema(value_type = Object)]
+    health: Value,
+    /// The generation this replica serves.
+    #[schema(required = true)]
+    generation: Option<i64>,
+    /// The fleet's registry row and what each replica serves:
+    /// `{"generation", "sha256", "version", "changed_at", "changed_by", "replicas": [...]}`.
+    #[schema(value_type = Object)]
+    fleet: Value,
+    /// The type's latest scheduling pass, or null.
+    #[schema(value_type = Option<Object>, required = true)]
+    pass: Value,
+}
+
+/// A component's bytes, as the OpenAPI document shows a binary body.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub(super) struct ComponentBytes(Vec<u8>);
 
 /// A loaded type as `GET /event-types` shows it.
 pub fn describe(plugin: &LoadedPlugin) -> Value {
@@ -133,7 +177,16 @@ impl FleetView {
     }
 }
 
-async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/event-types",
+    tag = "event-types",
+    responses(
+        (status = 200, description = "The types loaded on this replica", body = Vec<EventTypeEntry>),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiError> {
     let view = FleetView::read(&state).await?;
     Ok(Json(
         state
@@ -145,7 +198,18 @@ async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value>>, ApiErro
     ))
 }
 
-async fn show(
+#[utoipa::path(
+    get,
+    path = "/event-types/{name}",
+    tag = "event-types",
+    params(("name" = String, Path, description = "The type's name: 1 to 64 of a-z, 0-9, - and _")),
+    responses(
+        (status = 200, description = "The type", body = EventTypeEntry),
+        (status = 404, description = "No such type loaded here", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn show(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -157,7 +221,31 @@ async fn show(
     Ok(Json(view.describe(&state, &plugin)))
 }
 
-async fn upload(
+#[utoipa::path(
+    put,
+    path = "/event-types/{name}",
+    tag = "event-types",
+    security(("admin_token" = [])),
+    params(
+        ("name" = String, Path, description = "The type's name; must equal the component's `describe().name`"),
+        ("config.{KEY}" = Option<String>, Query, description = "One config setting each, `config.send_at=09:00`: together the type's whole config"),
+        ("webhook_url" = Option<String>, Query, description = "Where this type's webhooks go; refused unless its addresses are allowed (KAIROS_WEBHOOK_ALLOW)"),
+    ),
+    request_body(
+        description = "The WebAssembly component (at most 32 MiB)",
+        content((ComponentBytes = "application/wasm"), (ComponentBytes = "application/octet-stream")),
+    ),
+    responses(
+        (status = 201, description = "Loaded as a new type; scheduled for every user who has its dates", body = EventTypeEntry),
+        (status = 200, description = "Replaced the type; pending events are recomputed", body = EventTypeEntry),
+        (status = 400, description = "A bad component, name, query parameter, content type or webhook_url", body = ErrorBody),
+        (status = 401, description = "No admin token, or a wrong one", body = ErrorBody),
+        (status = 403, description = "A client token: this route takes the admin token", body = ErrorBody),
+        (status = 413, description = "The component is over 32 MiB", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn upload(
     State(state): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<BTreeMap<String, String>>,
@@ -217,7 +305,21 @@ async fn upload(
     }
 }
 
-async fn unload(
+#[utoipa::path(
+    delete,
+    path = "/event-types/{name}",
+    tag = "event-types",
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "The type's name: 1 to 64 of a-z, 0-9, - and _")),
+    responses(
+        (status = 204, description = "Unloaded; its pending events are cancelled"),
+        (status = 401, description = "No admin token, or a wrong one", body = ErrorBody),
+        (status = 403, description = "A client token: this route takes the admin token", body = ErrorBody),
+        (status = 404, description = "No such type", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn unload(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {

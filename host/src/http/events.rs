@@ -1,7 +1,7 @@
 //! `/events`: the operator's view of events, and manual retry.
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::users::parse_id;
 use crate::store::{self, Event};
 use axum::extract::{Path, Query, State};
@@ -26,7 +26,24 @@ struct EventQuery {
     limit: Option<String>,
 }
 
-async fn list_events(
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    security(("client_token" = []), ("admin_token" = [])),
+    params(
+        ("status" = Option<String>, Query, description = "pending, processing, delivered, failed or cancelled"),
+        ("event_type" = Option<String>, Query, description = "Only events of this type"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "At most this many, default 100"),
+    ),
+    responses(
+        (status = 200, description = "Events", body = Vec<Event>),
+        (status = 400, description = "A bad or unknown query parameter", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_events(
     State(state): State<AppState>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
@@ -50,7 +67,22 @@ async fn list_events(
     Ok(Json(events))
 }
 
-async fn retry_event(
+#[utoipa::path(
+    post,
+    path = "/events/{id}/retry",
+    tag = "events",
+    security(("client_token" = []), ("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The event's id")),
+    responses(
+        (status = 200, description = "The failed event is pending again with a fresh round of attempts", body = Event),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+        (status = 409, description = "The event is not failed", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn retry_event(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Event>, ApiError> {

@@ -5,6 +5,7 @@ mod error;
 pub mod event_types;
 mod events;
 mod json;
+mod openapi;
 mod users;
 
 pub use error::ApiError;
@@ -19,8 +20,9 @@ use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use error::ErrorBody;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -65,14 +67,42 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async { ApiError::NotFound("route") })
         .layer(DefaultBodyLimit::max(json::MAX_BODY))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// The body of `GET /health`.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// Always `ok`: the process answers.
+    status: &'static str,
+}
+
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses((status = 200, description = "The process is up (the database is not asked)", body = Health))
+)]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// The body of `GET /ready`, whether ready or not.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Readiness {
+    /// `ready` or `unavailable`.
+    status: &'static str,
+    /// `ok`, `unreachable` or `timeout`.
+    database: &'static str,
+    /// Each supervised loop by name: `{"running", "restarts", "last_error"}`.
+    #[schema(value_type = Object)]
+    loops: serde_json::Map<String, serde_json::Value>,
+    /// The event types loaded on this replica.
+    event_types: Vec<String>,
 }
 
 /// How long `/ready` waits for the database before answering `503`.
@@ -80,6 +110,15 @@ const READY_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_mi
 
 /// Ready when the database answers within `READY_DATABASE_TIMEOUT` and every
 /// supervised loop runs; the body says which part is not.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The database answers and every background loop runs", body = Readiness),
+        (status = 503, description = "The database does not answer within 800 ms, or a loop is down", body = Readiness),
+    )
+)]
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let types: Vec<String> = state.registry.snapshot().keys().cloned().collect();
     let database = match tokio::time::timeout(
@@ -108,15 +147,24 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({
-            "status": if ready { "ready" } else { "unavailable" },
-            "database": database,
-            "loops": loops,
-            "event_types": types,
-        })),
+        Json(Readiness {
+            status: if ready { "ready" } else { "unavailable" },
+            database,
+            loops,
+            event_types: types,
+        }),
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 500, description = "The database could not be read", body = ErrorBody),
+    )
+)]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     // Bounded in cost whatever the table's size: a count that stops at
     // `DUE_COUNTED` on the claimer's index, and the table statistics.

@@ -1,7 +1,7 @@
 //! `/users`: people, their dates, and their events.
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::json::{self, ValidJson};
 use crate::import::{self, ImportError, ImportReport, LineError};
 use crate::scheduler;
@@ -40,14 +40,26 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A user as a client sends it (create and full replacement).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "first_name": "Ada", "last_name": "Lovelace", "timezone": "Europe/London",
+    "dates": {"birthday": "1815-12-10"}, "attributes": {"email": "ada@example.com"}
+}))]
 pub struct UserInput {
+    /// 1 to 200 characters after trimming, no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     first_name: String,
+    /// 1 to 200 characters after trimming, no control characters.
+    #[schema(min_length = 1, max_length = 200)]
     last_name: String,
+    /// An IANA timezone name, such as `Europe/London`.
     timezone: String,
+    /// Named dates (`YYYY-MM-DD`, existing, not after today in `timezone`).
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, NaiveDate>)]
     dates: BTreeMap<String, String>,
+    /// Free-form string attributes (keys 1 to 100 characters).
     #[serde(default)]
     attributes: BTreeMap<String, String>,
 }
@@ -156,7 +168,22 @@ pub fn parse_id(field: &str, text: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::bad_request(field, format!("{text:?} is not a UUID")))
 }
 
-async fn create_user(
+#[utoipa::path(
+    post,
+    path = "/users",
+    tag = "users",
+    security(("client_token" = []), ("admin_token" = [])),
+    request_body(content = UserInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; its events are planned", body = User),
+        (status = 400, description = "Malformed input: bad JSON, an unknown field, a wrong type, or an id that is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB", body = ErrorBody),
+        (status = 422, description = "A rule is broken: unknown timezone, a date that does not exist or is in the future, an empty or over-long name", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn create_user(
     State(state): State<AppState>,
     ValidJson(input): ValidJson<UserInput>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
@@ -188,7 +215,26 @@ const NDJSON_TYPES: [&str; 3] = [
     "application/x-jsonlines",
 ];
 
-async fn import_users(
+#[utoipa::path(
+    post,
+    path = "/users/import",
+    tag = "users",
+    security(("client_token" = []), ("admin_token" = [])),
+    request_body(
+        description = "NDJSON: one `POST /users` body per line, streamed; no size limit (`application/jsonl` and `application/x-jsonlines` are accepted too, and so is no content type)",
+        content(
+            (String = "application/x-ndjson"),
+            (String = "application/jsonl"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Good lines imported, bad lines reported with their number", body = ImportReport),
+        (status = 400, description = "Another content type, or the body could not be read", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn import_users(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
@@ -225,7 +271,24 @@ async fn import_users(
     Ok(Json(report))
 }
 
-async fn replace_user(
+#[utoipa::path(
+    put,
+    path = "/users/{id}",
+    tag = "users",
+    security(("client_token" = []), ("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    request_body(content = UserInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced; pending events are recomputed", body = User),
+        (status = 400, description = "Malformed input: bad JSON, an unknown field, a wrong type, or an id that is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB", body = ErrorBody),
+        (status = 422, description = "A rule is broken: unknown timezone, a date that does not exist or is in the future, an empty or over-long name", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn replace_user(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ValidJson(input): ValidJson<UserInput>,
@@ -243,7 +306,21 @@ async fn replace_user(
     Ok(Json(user))
 }
 
-async fn get_user(
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    security(("client_token" = []), ("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "The user", body = User),
+        (status = 400, description = "Malformed input: bad JSON, an unknown field, a wrong type, or an id that is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn get_user(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<User>, ApiError> {
@@ -254,7 +331,21 @@ async fn get_user(
         .ok_or(ApiError::NotFound("user"))
 }
 
-async fn delete_user(
+#[utoipa::path(
+    delete,
+    path = "/users/{id}",
+    tag = "users",
+    security(("client_token" = []), ("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses(
+        (status = 204, description = "Deleted; pending events are cancelled"),
+        (status = 400, description = "Malformed input: bad JSON, an unknown field, a wrong type, or an id that is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn delete_user(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -274,7 +365,23 @@ struct PageQuery {
     after: Option<String>,
 }
 
-async fn list_users(
+#[utoipa::path(
+    get,
+    path = "/users",
+    tag = "users",
+    security(("client_token" = []), ("admin_token" = [])),
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"),
+        ("after" = Option<Uuid>, Query, description = "The last id of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "A page of users ordered by id", body = Vec<User>),
+        (status = 400, description = "A bad or unknown query parameter", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_users(
     State(state): State<AppState>,
     Query(query): Query<BTreeMap<String, String>>,
 ) -> Result<Json<Vec<User>>, ApiError> {
@@ -288,7 +395,21 @@ async fn list_users(
     Ok(Json(store::list_users(&state.pool, after, limit).await?))
 }
 
-async fn list_user_events(
+#[utoipa::path(
+    get,
+    path = "/users/{id}/events",
+    tag = "users",
+    security(("client_token" = []), ("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The user's id")),
+    responses(
+        (status = 200, description = "The user's events", body = Vec<Event>),
+        (status = 400, description = "Malformed input: bad JSON, an unknown field, a wrong type, or an id that is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn list_user_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
