@@ -9,6 +9,7 @@ mod embedded;
 mod event_types;
 mod fleet;
 mod helpers;
+mod hostile;
 mod import;
 mod kit;
 mod lifecycle;

@@ -29,6 +29,9 @@ pub enum ApiError {
     Invalid { field: String, message: String },
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The route exists but not with this method (axum adds `Allow`).
+    #[error("{0} is not a method this route takes; its Allow header lists those it does")]
+    MethodNotAllowed(axum::http::Method),
     #[error("{0}")]
     Conflict(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
@@ -72,6 +75,7 @@ impl ApiError {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,

@@ -2,6 +2,7 @@
 //! uploads, replaces and unloads them (admin token, `auth::admin`).
 
 use super::error::{ApiError, ErrorBody};
+use super::json::ValidPath;
 use super::{AppState, auth};
 use crate::event_types::{Change, UploadError};
 use crate::outbound::{self, AllowList};
@@ -9,7 +10,7 @@ use crate::plugin::{LoadedPlugin, PluginConfig, PluginFile, PluginSource, valid_
 use crate::{fleet, replan};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::routing::{get, put};
@@ -211,7 +212,7 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Value
 )]
 pub(super) async fn show(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ValidPath(name): ValidPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let plugin = state
         .registry
@@ -247,7 +248,7 @@ pub(super) async fn show(
 )]
 pub(super) async fn upload(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ValidPath(name): ValidPath<String>,
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -321,7 +322,7 @@ pub(super) async fn upload(
 )]
 pub(super) async fn unload(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ValidPath(name): ValidPath<String>,
 ) -> Result<StatusCode, ApiError> {
     match state.event_types.unload(&name).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),

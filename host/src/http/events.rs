@@ -2,9 +2,10 @@
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::json::ValidPath;
 use super::users::parse_id;
 use crate::store::{self, Event};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -84,7 +85,7 @@ pub(super) async fn list_events(
 )]
 pub(super) async fn retry_event(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ValidPath(id): ValidPath<String>,
 ) -> Result<Json<Event>, ApiError> {
     let id = parse_id("id", &id)?;
     if let Some(event) = store::retry_failed_event(&state.pool, id).await? {

@@ -1,10 +1,14 @@
-//! `ValidJson<T>`: a JSON body extractor whose errors name the field by its
-//! path (`dates.birthday`), and whose size limit answers 413 in our shape.
+//! Extractors that answer bad input in the API's error shape: `ValidJson<T>`,
+//! a JSON body whose errors name the field by its path (`dates.birthday`)
+//! and whose size limit answers 413; `ValidPath<T>`, path parameters whose
+//! errors (percent-escapes that are not UTF-8) name the parameter.
 
 use super::error::ApiError;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::path::ErrorKind;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 /// Largest request body accepted.
@@ -36,6 +40,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        // The root prints as "." too, as does a key named "."; only the
+        // segments tell them apart.
+        let at_root = e.path().iter().next().is_none();
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = inner.to_string();
@@ -55,16 +62,16 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             .starts_with("missing field")
             .then(|| backticked(&message))
             .flatten();
-        let field = match (path.as_str(), missing) {
-            (".", Some(name)) => name.to_string(),
-            (parent, Some(name)) => format!("{parent}.{name}"),
-            (".", None) => {
+        let field = match (at_root, missing) {
+            (true, Some(name)) => name.to_string(),
+            (false, Some(name)) => format!("{path}.{name}"),
+            (true, None) => {
                 return ApiError::BadRequest {
                     field: None,
                     message,
                 };
             }
-            (path, None) => path.to_string(),
+            (false, None) => path,
         };
         ApiError::bad_request(field, message)
     })?;
@@ -79,4 +86,35 @@ fn backticked(message: &str) -> Option<&str> {
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     Some(&message[start..start + len])
+}
+
+pub struct ValidPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ValidPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ValidPath(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                let field = match e.kind() {
+                    ErrorKind::InvalidUtf8InPathParam { key }
+                    | ErrorKind::ParseErrorAtKey { key, .. }
+                    | ErrorKind::DeserializeError { key, .. } => Some(key.clone()),
+                    _ => None,
+                };
+                if e.status().is_server_error() {
+                    return Err(ApiError::Internal(anyhow::anyhow!(e.body_text())));
+                }
+                let message = e.body_text();
+                let message = message.strip_prefix("Invalid URL: ").unwrap_or(&message);
+                Err(ApiError::BadRequest {
+                    field,
+                    message: message.to_string(),
+                })
+            }
+            // Only a route that names no parameters: a bug here, not the client's.
+            Err(e) => Err(ApiError::Internal(anyhow::anyhow!(e.body_text()))),
+        }
+    }
 }

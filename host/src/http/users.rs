@@ -2,12 +2,12 @@
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::json::{self, ValidJson};
+use super::json::{self, ValidJson, ValidPath};
 use crate::import::{self, ImportError, ImportReport, LineError};
 use crate::scheduler;
 use crate::store::{self, Event, User, UserFields};
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -59,7 +59,8 @@ pub struct UserInput {
     #[serde(default)]
     #[schema(value_type = BTreeMap<String, NaiveDate>)]
     dates: BTreeMap<String, String>,
-    /// Free-form string attributes (keys 1 to 100 characters).
+    /// Free-form string attributes (keys 1 to 100 characters with no
+    /// control characters; values up to 10,000 characters, any but U+0000).
     #[serde(default)]
     attributes: BTreeMap<String, String>,
 }
@@ -104,6 +105,14 @@ impl UserInput {
                 return Err(ApiError::invalid(
                     field,
                     format!("longer than {MAX_ATTRIBUTE_CHARS} characters"),
+                ));
+            }
+            // PostgreSQL's jsonb cannot hold U+0000; every other character,
+            // line breaks included, is the client's to keep.
+            if value.contains('\0') {
+                return Err(ApiError::invalid(
+                    field,
+                    "must not contain the NUL character (U+0000)",
                 ));
             }
         }
@@ -290,7 +299,7 @@ pub(super) async fn import_users(
 )]
 pub(super) async fn replace_user(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ValidPath(id): ValidPath<String>,
     ValidJson(input): ValidJson<UserInput>,
 ) -> Result<Json<User>, ApiError> {
     let id = parse_id("id", &id)?;
@@ -322,7 +331,7 @@ pub(super) async fn replace_user(
 )]
 pub(super) async fn get_user(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ValidPath(id): ValidPath<String>,
 ) -> Result<Json<User>, ApiError> {
     let id = parse_id("id", &id)?;
     store::get_user(&state.pool, id)
@@ -347,7 +356,7 @@ pub(super) async fn get_user(
 )]
 pub(super) async fn delete_user(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ValidPath(id): ValidPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id("id", &id)?;
     let mut tx = state.pool.begin().await?;
@@ -411,7 +420,7 @@ pub(super) async fn list_users(
 )]
 pub(super) async fn list_user_events(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ValidPath(id): ValidPath<String>,
 ) -> Result<Json<Vec<Event>>, ApiError> {
     let id = parse_id("id", &id)?;
     if store::get_user(&state.pool, id).await?.is_none() {
