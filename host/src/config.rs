@@ -80,6 +80,15 @@ pub enum PluginCommand {
         /// Where to create it; default: ./NAME.
         #[arg(long)]
         path: Option<PathBuf>,
+        /// The `kairos-plugin` SDK crate to depend on, by path (a kairos
+        /// checkout's `plugins/sdk`); default: the one in the source tree
+        /// this binary was built from.
+        #[arg(long, value_name = "DIR", conflicts_with = "sdk_git")]
+        sdk_path: Option<PathBuf>,
+        /// The SDK from a git repository of kairos instead (cargo finds the
+        /// `kairos-plugin` crate in it).
+        #[arg(long, value_name = "URL")]
+        sdk_git: Option<String>,
     },
 }
 

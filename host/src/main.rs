@@ -51,9 +51,19 @@ async fn main() -> anyhow::Result<ExitCode> {
             let token = args.token.as_deref().filter(|t| !t.trim().is_empty());
             Ok(kairos::import_cli::run(&args.file, &args.url, token).await)
         }
-        Command::Plugin(PluginCommand::New { name, path }) => {
+        Command::Plugin(PluginCommand::New {
+            name,
+            path,
+            sdk_path,
+            sdk_git,
+        }) => {
             let dir = path.unwrap_or_else(|| name.clone().into());
-            let files = kairos::plugin_kit::new_plugin(&name, &dir)?;
+            let sdk = match (sdk_path, sdk_git) {
+                (_, Some(url)) => kairos::plugin_kit::Sdk::Git(url),
+                (Some(path), None) => kairos::plugin_kit::Sdk::Path(path),
+                (None, None) => kairos::plugin_kit::Sdk::from_source_tree()?,
+            };
+            let files = kairos::plugin_kit::new_plugin(&name, &dir, &sdk)?;
             for file in &files {
                 println!("created {}", file.display());
             }

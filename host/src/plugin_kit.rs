@@ -15,9 +15,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The WIT package the host is built against; a new plugin gets a copy.
-pub const WIT: &str = include_str!("../../wit/event-plugin.wit");
-
 /// A subject file for `--subject`: the `POST /users` body, plus `after`.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -223,8 +220,61 @@ fn cost(report: &CallReport) -> String {
     )
 }
 
-/// Creates a plugin crate for the type `name` in `dir`; returns the files written.
-pub fn new_plugin(name: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// Where a new plugin crate gets the `kairos-plugin` SDK from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sdk {
+    Path(PathBuf),
+    Git(String),
+}
+
+impl Sdk {
+    /// The SDK in the source tree this binary was built from, if it is
+    /// still there.
+    pub fn from_source_tree() -> anyhow::Result<Self> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
+        match dir.join("Cargo.toml").is_file() {
+            true => Ok(Self::Path(dir.canonicalize()?)),
+            false => anyhow::bail!(
+                "the kairos-plugin SDK is not at {} (this binary was built elsewhere): \
+                 pass --sdk-path DIR (a kairos checkout's plugins/sdk) or --sdk-git URL",
+                dir.display()
+            ),
+        }
+    }
+
+    /// The line of `Cargo.toml` that depends on it.
+    fn dependency(&self) -> String {
+        let quoted = |text: &str| toml::Value::String(text.to_string()).to_string();
+        match self {
+            Self::Path(path) => format!(
+                "kairos-plugin = {{ path = {} }}",
+                quoted(&path.to_string_lossy())
+            ),
+            Self::Git(url) => format!("kairos-plugin = {{ git = {} }}", quoted(url)),
+        }
+    }
+}
+
+/// `name` as a Rust type name: `name-day` → `NameDay`.
+fn type_ident(name: &str) -> String {
+    let ident: String = name
+        .split(['-', '_'])
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            let first = chars.next().map(|c| c.to_ascii_uppercase());
+            first.into_iter().chain(chars).collect::<String>()
+        })
+        .collect();
+    match ident.chars().next() {
+        Some(c) if c.is_ascii_alphabetic() => ident,
+        _ => format!("Type{ident}"),
+    }
+}
+
+/// Creates a plugin crate for the type `name` in `dir`, on the SDK from
+/// `sdk`; returns the files written.
+pub fn new_plugin(name: &str, dir: &Path, sdk: &Sdk) -> anyhow::Result<Vec<PathBuf>> {
     anyhow::ensure!(
         valid_type_name(name),
         "{name:?} is not a type name: use 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
@@ -234,13 +284,28 @@ pub fn new_plugin(name: &str, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         "{} exists and is not empty",
         dir.display()
     );
+    if let Sdk::Path(path) = sdk {
+        anyhow::ensure!(
+            path.join("Cargo.toml").is_file(),
+            "{} is not the kairos-plugin crate (no Cargo.toml in it)",
+            path.display()
+        );
+    }
     let crate_name = format!("kairos-plugin-{name}");
     let files = [
-        ("Cargo.toml", CARGO_TOML.replace("{crate}", &crate_name)),
+        (
+            "Cargo.toml",
+            CARGO_TOML
+                .replace("{crate}", &crate_name)
+                .replace("{sdk}", &sdk.dependency()),
+        ),
         (".gitignore", "/target\n".to_string()),
-        ("wit/event-plugin.wit", WIT.to_string()),
-        ("src/lib.rs", LIB_RS.replace("{name}", name)),
-        ("src/component.rs", COMPONENT_RS.replace("{name}", name)),
+        (
+            "src/lib.rs",
+            LIB_RS
+                .replace("{name}", name)
+                .replace("{Type}", &type_ident(name)),
+        ),
         (
             "README.md",
             README_MD
@@ -265,11 +330,12 @@ edition = "2024"
 publish = false
 
 [lib]
-# cdylib: the component; rlib: so `cargo test` runs the date logic natively.
+# cdylib: the component; rlib: so `cargo test` runs the logic natively.
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
-wit-bindgen = "0.63.0"
+# The kairos SDK: the interface's bindings, plain types, and export!.
+{sdk}
 
 [profile.release]
 opt-level = "s"
@@ -283,174 +349,107 @@ strip = true
 const LIB_RS: &str = r#"//! The `{name}` event type for kairos: a yearly message on the subject's
 //! `{name}` date, at `send_at` local time (09:00 by default).
 //!
-//! The logic is plain Rust, unit-tested natively (`cargo test`); the WIT glue
-//! in `component.rs` is built for wasm32 only.
+//! This file is the whole type: `kairos-plugin` turns it into a component
+//! (`cargo build --release --target wasm32-wasip2`), and `cargo test` runs
+//! the tests below natively.
 
-#[cfg(target_arch = "wasm32")]
-mod component;
+use kairos_plugin::{Config, DateTime, Error, EventType, Level, Subject, log, next_yearly};
 
-/// The name of the subject's date this type uses.
-pub const DATE: &str = "{name}";
+pub struct {Type};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct DateTime {
-    pub year: i32,
-    pub month: u8,
-    pub day: u8,
-    pub hour: u8,
-    pub minute: u8,
-    pub second: u8,
+impl EventType for {Type} {
+    const NAME: &'static str = "{name}";
+    const DESCRIPTION: &'static str =
+        "A yearly {name} message at send_at (default 09:00) local time";
+    /// Users without a `{name}` date get no events of this type.
+    const DATES: &'static [&'static str] = &["{name}"];
+
+    fn next_occurrence(
+        subject: &Subject,
+        after: DateTime,
+        config: &Config,
+    ) -> Result<Option<DateTime>, Error> {
+        let date = subject.date("{name}")?;
+        let next = next_yearly(date, after, config.send_at()?, config.leap_day()?);
+        if next.is_none() {
+            log(Level::Debug, &format!("no occurrence after {after:?}"));
+        }
+        Ok(next)
+    }
+
+    fn format_message(
+        subject: &Subject,
+        _occurrence: DateTime,
+        config: &Config,
+    ) -> Result<String, Error> {
+        config.send_at()?;
+        Ok(format!(
+            "Hey, {} {}: happy {name}!",
+            subject.first_name, subject.last_name
+        ))
+    }
 }
 
-/// `send_at` from the config: `HH:MM`, default 09:00.
-pub fn send_at(config: &[(String, String)]) -> Result<(u8, u8), String> {
-    let Some((_, value)) = config.iter().find(|(k, _)| k == "send_at") else {
-        return Ok((9, 0));
-    };
-    let parsed = value
-        .split_once(':')
-        .filter(|(h, m)| h.len() == 2 && m.len() == 2)
-        .and_then(|(h, m)| Some((h.parse::<u8>().ok()?, m.parse::<u8>().ok()?)))
-        .filter(|(h, m)| *h < 24 && *m < 60);
-    parsed.ok_or_else(|| format!("config send_at: expected HH:MM, got {value:?}"))
-}
-
-pub fn is_leap_year(year: i32) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
-}
-
-/// The first yearly occurrence of (`month`, `day`) from `since_year` on, at
-/// `at`, strictly after `after`. Feb 29 falls on Feb 28 in common years.
-pub fn next_yearly(
-    (month, day): (u8, u8),
-    since_year: i32,
-    at: (u8, u8),
-    after: DateTime,
-) -> Option<DateTime> {
-    let first = after.year.max(since_year + 1);
-    (first..=first + 1).find_map(|year| {
-        let day = if month == 2 && day == 29 && !is_leap_year(year) { 28 } else { day };
-        let candidate = DateTime { year, month, day, hour: at.0, minute: at.1, second: 0 };
-        (candidate > after).then_some(candidate)
-    })
-}
+kairos_plugin::export!({Type});
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kairos_plugin::Date;
 
     fn at(year: i32, month: u8, day: u8, hour: u8) -> DateTime {
-        DateTime { year, month, day, hour, minute: 0, second: 0 }
+        DateTime::new(Date::new(year, month, day), hour, 0, 0)
+    }
+
+    fn next(date: Date, after: DateTime, config: &Config) -> Option<DateTime> {
+        let subject = Subject::new("Ada", "Lovelace").with_date("{name}", date);
+        {Type}::next_occurrence(&subject, after, config).unwrap()
     }
 
     #[test]
     fn later_the_same_year() {
-        assert_eq!(next_yearly((12, 10), 1990, (9, 0), at(2026, 11, 22, 10)), Some(at(2026, 12, 10, 9)));
+        let next = next(Date::new(1990, 12, 10), at(2026, 11, 22, 10), &Config::default());
+        assert_eq!(next, Some(at(2026, 12, 10, 9)));
     }
 
     #[test]
     fn past_this_year_means_next_year() {
-        assert_eq!(next_yearly((3, 1), 1990, (9, 0), at(2026, 11, 22, 10)), Some(at(2027, 3, 1, 9)));
-    }
-
-    #[test]
-    fn on_the_day_after_send_at_means_next_year() {
-        assert_eq!(next_yearly((11, 22), 1990, (9, 0), at(2026, 11, 22, 9)), Some(at(2027, 11, 22, 9)));
+        let next = next(Date::new(1990, 3, 1), at(2026, 11, 22, 10), &Config::default());
+        assert_eq!(next, Some(at(2027, 3, 1, 9)));
     }
 
     #[test]
     fn feb_29_falls_on_feb_28_in_common_years() {
-        assert_eq!(next_yearly((2, 29), 2000, (9, 0), at(2027, 1, 1, 0)), Some(at(2027, 2, 28, 9)));
-        assert_eq!(next_yearly((2, 29), 2000, (9, 0), at(2028, 1, 1, 0)), Some(at(2028, 2, 29, 9)));
+        let leap = Date::new(2000, 2, 29);
+        assert_eq!(next(leap, at(2027, 1, 1, 0), &Config::default()), Some(at(2027, 2, 28, 9)));
+        assert_eq!(next(leap, at(2028, 1, 1, 0), &Config::default()), Some(at(2028, 2, 29, 9)));
     }
 
     #[test]
-    fn never_in_the_year_of_the_date_itself() {
-        assert_eq!(next_yearly((12, 10), 2026, (9, 0), at(2026, 1, 1, 0)), Some(at(2027, 12, 10, 9)));
+    fn send_at_sets_the_time_and_a_bad_one_is_an_error_naming_it() {
+        let evening = Config::new([("send_at", "18:30")]);
+        let next = next(Date::new(1990, 12, 10), at(2026, 11, 22, 10), &evening);
+        assert_eq!(next, Some(DateTime::new(Date::new(2026, 12, 10), 18, 30, 0)));
+        let subject = Subject::new("Ada", "Lovelace").with_date("{name}", Date::new(1990, 1, 1));
+        let bad = Config::new([("send_at", "25:00")]);
+        let err = {Type}::next_occurrence(&subject, at(2026, 1, 1, 0), &bad).unwrap_err();
+        assert!(err.message().contains("send_at"), "{err}");
     }
 
     #[test]
-    fn send_at_is_checked() {
-        assert_eq!(send_at(&[]), Ok((9, 0)));
-        assert_eq!(send_at(&[("send_at".into(), "18:30".into())]), Ok((18, 30)));
-        assert!(send_at(&[("send_at".into(), "25:00".into())]).unwrap_err().contains("send_at"));
+    fn the_message_names_the_subject() {
+        let subject = Subject::new("Ada", "Lovelace");
+        let text = {Type}::format_message(&subject, at(2026, 12, 10, 9), &Config::default());
+        assert_eq!(text.unwrap(), "Hey, Ada Lovelace: happy {name}!");
+    }
+
+    #[test]
+    fn a_subject_without_the_date_is_an_error() {
+        let subject = Subject::new("Ada", "Lovelace");
+        let err = {Type}::next_occurrence(&subject, at(2026, 1, 1, 0), &Config::default());
+        assert!(err.unwrap_err().message().contains("{name}"));
     }
 }
-"#;
-
-const COMPONENT_RS: &str = r#"//! The WIT glue: records in, the logic in `lib.rs`, records out.
-
-use crate::{DATE, DateTime, next_yearly, send_at};
-
-wit_bindgen::generate!({
-    world: "event-plugin",
-    path: "wit",
-});
-
-use exports::kairos::plugin::event_handler::{
-    Config, Guest, Info, LocalDatetime, Message, Subject,
-};
-use kairos::plugin::log::{Level, log};
-
-struct Plugin;
-
-impl Guest for Plugin {
-    fn describe() -> Info {
-        Info {
-            name: "{name}".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            description: "A yearly {name} message at send_at (default 09:00) local time".into(),
-            dates: vec![DATE.into()],
-        }
-    }
-
-    fn next_occurrence(
-        subject: Subject,
-        after: LocalDatetime,
-        config: Config,
-    ) -> Result<Option<LocalDatetime>, String> {
-        let at = send_at(&config)?;
-        let date = subject
-            .dates
-            .iter()
-            .find(|(name, _)| name == DATE)
-            .map(|(_, d)| *d)
-            .ok_or_else(|| format!("subject has no `{DATE}` date"))?;
-        let after = DateTime {
-            year: after.year,
-            month: after.month,
-            day: after.day,
-            hour: after.hour,
-            minute: after.minute,
-            second: after.second,
-        };
-        let next = next_yearly((date.month, date.day), date.year, at, after);
-        if next.is_none() {
-            log(Level::Debug, &format!("no occurrence after {after:?}"));
-        }
-        Ok(next.map(|t| LocalDatetime {
-            year: t.year,
-            month: t.month,
-            day: t.day,
-            hour: t.hour,
-            minute: t.minute,
-            second: t.second,
-        }))
-    }
-
-    fn format_message(
-        subject: Subject,
-        _occurrence: LocalDatetime,
-        config: Config,
-    ) -> Result<Message, String> {
-        send_at(&config)?;
-        Ok(Message {
-            text: format!("Hey, {} {}: happy {name}!", subject.first_name, subject.last_name),
-        })
-    }
-}
-
-export!(Plugin);
 "#;
 
 const README_MD: &str = r#"# {name} — a kairos event type
@@ -476,5 +475,54 @@ or through the admin API:
          'http://127.0.0.1:8080/event-types/{name}?config.send_at=09:00'
 
 Users who have a `{name}` date (`"dates": {"{name}": "YYYY-MM-DD"}`) then get
-a message every year. `wit/event-plugin.wit` is the interface, documented.
+a message every year. The interface, documented, is `wit/event-plugin.wit`
+in kairos; `kairos-plugin`'s own docs (`cargo doc --open`) show what the SDK
+gives you.
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_become_rust_type_names() {
+        assert_eq!(type_ident("birthday"), "Birthday");
+        assert_eq!(type_ident("name-day"), "NameDay");
+        assert_eq!(type_ident("work_anniversary-2"), "WorkAnniversary2");
+        assert_eq!(type_ident("1st-job"), "Type1stJob");
+    }
+
+    #[test]
+    fn the_sdk_dependency_is_a_quoted_toml_path_or_git_url() {
+        let path = Sdk::Path(PathBuf::from(r#"/src/k "x"/plugins/sdk"#));
+        let git = Sdk::Git("https://example.com/kairos.git".into());
+        assert_eq!(
+            git.dependency(),
+            r#"kairos-plugin = { git = "https://example.com/kairos.git" }"#
+        );
+        let parsed: toml::Table = path.dependency().parse().unwrap();
+        assert_eq!(
+            parsed["kairos-plugin"]["path"].as_str(),
+            Some(r#"/src/k "x"/plugins/sdk"#)
+        );
+    }
+
+    #[test]
+    fn a_new_plugin_depends_on_the_sdk_and_refuses_a_bad_sdk_path() {
+        let root = std::env::temp_dir().join(format!("kairos-new-{}", uuid::Uuid::new_v4()));
+        let sdk = Sdk::from_source_tree().unwrap();
+        let files = new_plugin("name-day", &root.join("ok"), &sdk).unwrap();
+        let manifest = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(manifest.contains(&sdk.dependency()), "{manifest}");
+        let lib = std::fs::read_to_string(root.join("ok/src/lib.rs")).unwrap();
+        assert!(lib.contains("impl EventType for NameDay"), "{lib}");
+        assert!(lib.contains("kairos_plugin::export!(NameDay);"), "{lib}");
+        let missing = Sdk::Path(root.join("nowhere"));
+        let err = new_plugin("name-day", &root.join("bad"), &missing).unwrap_err();
+        assert!(
+            err.to_string().contains("not the kairos-plugin crate"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -3,100 +3,95 @@
 //! `anniversary`, where n is the number of years since the date. The date
 //! itself (year 0) is never an occurrence; a February 29 date follows
 //! `leap_day` in common years, as birthday does.
-//!
-//! Generation is `kairos-calendar`'s; what is this type's own — the count and
-//! the text — is below, unit-tested on the host target. The WIT glue in
-//! `component` is built for wasm32 only.
 
-#[cfg(target_arch = "wasm32")]
-mod component;
+use kairos_plugin::{Config, DateTime, Error, EventType, Subject, next_yearly, years_since};
 
-/// The name of the subject's date this type uses.
-pub const DATE_NAME: &str = "anniversary";
+pub struct Anniversary;
 
-/// Years from the anniversary date to an occurrence in `occurrence_year`.
-/// An occurrence must be at least one year after the date.
-pub fn years_since(date_year: i32, occurrence_year: i32) -> Result<u32, String> {
-    occurrence_year
-        .checked_sub(date_year)
-        .and_then(|n| u32::try_from(n).ok())
-        .filter(|n| *n >= 1)
-        .ok_or_else(|| {
-            format!(
-                "no anniversary in {occurrence_year} for a date in {date_year}: an anniversary is at least one year after the date"
-            )
-        })
+impl EventType for Anniversary {
+    const NAME: &'static str = "anniversary";
+    const DESCRIPTION: &'static str =
+        "An anniversary greeting with the number of years, at send_at (default 09:00) local time";
+    const DATES: &'static [&'static str] = &["anniversary"];
+
+    fn next_occurrence(
+        subject: &Subject,
+        after: DateTime,
+        config: &Config,
+    ) -> Result<Option<DateTime>, Error> {
+        let date = subject.date("anniversary")?;
+        Ok(next_yearly(
+            date,
+            after,
+            config.send_at()?,
+            config.leap_day()?,
+        ))
+    }
+
+    fn format_message(
+        subject: &Subject,
+        occurrence: DateTime,
+        config: &Config,
+    ) -> Result<String, Error> {
+        config.send_at()?;
+        config.leap_day()?;
+        let years = years_since(subject.date("anniversary")?, occurrence.date.year)?;
+        Ok(format!(
+            "Hey, {} {} happy {years} year anniversary",
+            subject.first_name, subject.last_name
+        ))
+    }
 }
 
-pub fn message(first_name: &str, last_name: &str, years: u32) -> String {
-    format!("Hey, {first_name} {last_name} happy {years} year anniversary")
-}
+kairos_plugin::export!(Anniversary);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kairos_calendar::{Date, DateTime, LeapDay, Settings, next_anniversary_of};
+    use kairos_plugin::Date;
 
     fn at(year: i32, month: u8, day: u8, hour: u8) -> DateTime {
-        DateTime {
-            date: Date::new(year, month, day),
-            hour,
-            minute: 0,
-            second: 0,
-        }
+        DateTime::new(Date::new(year, month, day), hour, 0, 0)
+    }
+
+    fn married(date: Date) -> Subject {
+        Subject::new("Ada", "Lovelace").with_date("anniversary", date)
     }
 
     #[test]
-    fn counts_whole_years_since_the_date() {
-        assert_eq!(years_since(1835, 1836), Ok(1));
-        assert_eq!(years_since(1835, 2026), Ok(191));
-    }
-
-    #[test]
-    fn year_zero_and_earlier_are_refused() {
-        assert!(
-            years_since(2026, 2026)
-                .unwrap_err()
-                .contains("at least one year")
-        );
-        assert!(years_since(2026, 2025).is_err());
-    }
-
-    #[test]
-    fn the_text_is_the_contracts() {
+    fn the_text_counts_whole_years_since_the_date() {
+        let ada = married(Date::new(1835, 7, 8));
+        let text = Anniversary::format_message(&ada, at(2026, 7, 8, 9), &Config::default());
         assert_eq!(
-            message("Ada", "Lovelace", 191),
+            text.unwrap(),
             "Hey, Ada Lovelace happy 191 year anniversary"
         );
     }
 
     #[test]
     fn a_wedding_this_year_is_first_celebrated_next_year() {
-        let settings = Settings::default();
+        let newlyweds = married(Date::new(2026, 6, 1));
         let next =
-            next_anniversary_of(Date::new(2026, 6, 1), at(2026, 11, 22, 10), &settings).unwrap();
-        assert_eq!(next, at(2027, 6, 1, 9));
-        assert_eq!(years_since(2026, next.date.year), Ok(1));
+            Anniversary::next_occurrence(&newlyweds, at(2026, 11, 22, 10), &Config::default());
+        assert_eq!(next, Ok(Some(at(2027, 6, 1, 9))));
+        let text = Anniversary::format_message(&newlyweds, at(2027, 6, 1, 9), &Config::default());
+        assert_eq!(text.unwrap(), "Hey, Ada Lovelace happy 1 year anniversary");
+    }
+
+    #[test]
+    fn year_zero_is_refused() {
+        let newlyweds = married(Date::new(2026, 6, 1));
+        let err = Anniversary::format_message(&newlyweds, at(2026, 6, 1, 9), &Config::default());
+        assert!(err.unwrap_err().message().contains("at least one year"));
     }
 
     #[test]
     fn feb_29_follows_leap_day_in_common_years() {
-        let date = Date::new(2000, 2, 29);
-        let after = at(2027, 1, 1, 0);
-        let feb28 = next_anniversary_of(date, after, &Settings::default()).unwrap();
-        assert_eq!(feb28, at(2027, 2, 28, 9));
-        let mar1 = Settings {
-            leap_day: LeapDay::Mar1,
-            ..Settings::default()
-        };
-        assert_eq!(
-            next_anniversary_of(date, after, &mar1).unwrap(),
-            at(2027, 3, 1, 9)
-        );
-        assert_eq!(
-            next_anniversary_of(date, at(2028, 1, 1, 0), &mar1).unwrap(),
-            at(2028, 2, 29, 9)
-        );
-        assert_eq!(years_since(2000, 2027), Ok(27));
+        let leap = married(Date::new(2000, 2, 29));
+        let feb28 = Anniversary::next_occurrence(&leap, at(2027, 1, 1, 0), &Config::default());
+        assert_eq!(feb28, Ok(Some(at(2027, 2, 28, 9))));
+        let mar1 = Config::new([("leap_day", "mar1")]);
+        let next = Anniversary::next_occurrence(&leap, at(2027, 1, 1, 0), &mar1);
+        assert_eq!(next, Ok(Some(at(2027, 3, 1, 9))));
     }
 }
