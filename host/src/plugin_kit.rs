@@ -213,10 +213,11 @@ fn print_run(
 
 fn cost(report: &CallReport) -> String {
     format!(
-        "fuel {}, peak memory {:.1} MiB, time {:.0} µs",
+        "fuel {}, peak memory {:.1} MiB, time {:.0} µs (instantiation {:.0} µs)",
         report.fuel_used,
         report.peak_memory as f64 / f64::from(1 << 20),
-        report.elapsed.as_secs_f64() * 1e6
+        report.elapsed.as_secs_f64() * 1e6,
+        report.instantiation.as_secs_f64() * 1e6
     )
 }
 

@@ -98,7 +98,11 @@ impl PluginHealth {
 pub struct CallReport {
     pub fuel_used: u64,
     pub peak_memory: usize,
+    /// The whole call: a fresh store and instance, then the function.
     pub elapsed: Duration,
+    /// Of `elapsed`, making the store and the instance (an interpreter's
+    /// start-up is here, not in the function).
+    pub instantiation: Duration,
 }
 
 pub struct LoadedPlugin {
@@ -333,10 +337,9 @@ impl LoadedPlugin {
     ) -> (Result<R, PluginError>, CallReport) {
         let started = Instant::now();
         let mut store = self.runtime.new_store(&self.log);
-        let result = self
-            .pre
-            .instantiate(&mut store)
-            .and_then(|plugin| f(&mut store, &plugin));
+        let instance = self.pre.instantiate(&mut store);
+        let instantiation = started.elapsed();
+        let result = instance.and_then(|plugin| f(&mut store, &plugin));
         let report = CallReport {
             fuel_used: self
                 .runtime
@@ -345,6 +348,7 @@ impl LoadedPlugin {
                 .saturating_sub(store.get_fuel().unwrap_or(0)),
             peak_memory: store.data().peak_memory,
             elapsed: started.elapsed(),
+            instantiation,
         };
         // The call that asks a component being loaded for its name has none yet.
         if !self.info.name.is_empty() {
