@@ -4,6 +4,11 @@
 //! 1. plugin call latency: the birthday component's `next-occurrence` and
 //!    `format-message`, each in a fresh sandboxed `Store` as the host runs
 //!    them (p50/p99);
+//!    Then per language, the same for a Rust, a JavaScript and a Python type
+//!    (the example types under `plugins/examples/`, when
+//!    `plugins/examples/build.sh` has built them): compile time, load time
+//!    from the compiled cache, and each call's p50/p99 with how much of it
+//!    is the fresh instance;
 //! 2. the receiver's speed: a plain HTTP client (reqwest, 64 requests in
 //!    flight) POSTs N webhook-sized bodies into a receiver that runs in a
 //!    process of its own (this binary, re-run with `--receiver`);
@@ -33,7 +38,8 @@
 //!   the size of the backlog: 71 µs of PostgreSQL CPU per delivery.
 //!
 //! Run with `scripts/bench.sh` (builds the plugins first), or
-//! `cargo bench -p kairos --bench throughput -- [--events N] [--calls N] [--with-pass]`.
+//! `cargo bench -p kairos --bench throughput -- [--events N] [--calls N] [--with-pass]
+//! [--plugins-only]`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -64,6 +70,8 @@ struct Args {
     /// Run birthday's scheduling pass over every user while delivering (as
     /// after a restart with a changed type): a stress check, slower.
     with_pass: bool,
+    /// Only the plugin figures (1 and 1b), not the delivery ones.
+    plugins_only: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -71,6 +79,7 @@ fn parse_args() -> anyhow::Result<Args> {
         events: 100_000,
         calls: 20_000,
         with_pass: false,
+        plugins_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -78,6 +87,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--events" => args.events = it.next().unwrap_or_default().parse()?,
             "--calls" => args.calls = it.next().unwrap_or_default().parse()?,
             "--with-pass" => args.with_pass = true,
+            "--plugins-only" => args.plugins_only = true,
             // `cargo bench` passes `--bench`; ignore it and any filter.
             "--bench" => {}
             other if other.starts_with("--") => anyhow::bail!("unknown option {other}"),
@@ -123,6 +133,10 @@ fn main() -> anyhow::Result<()> {
         cpu_model()
     );
     plugin_latency(&wasm, args.calls)?;
+    language_costs(&wasm, args.calls)?;
+    if args.plugins_only {
+        return Ok(());
+    }
     let mut receiver = Receiver::start()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
@@ -398,6 +412,107 @@ fn plugin_latency(wasm: &Path, calls: usize) -> anyhow::Result<()> {
     println!("{calls} calls each, one fresh Store per call:");
     report("next-occurrence", &mut next);
     report("format-message", &mut format);
+    Ok(())
+}
+
+/// A component to measure per language, and a first name its type knows.
+const LANGUAGES: [(&str, &str, &str); 2] = [
+    ("JavaScript", "target/examples/work-anniversary.wasm", "Ada"),
+    ("Python", "target/examples/name-day.wasm", "Anna"),
+];
+
+/// Compile, cached load and per-call cost of one component per language.
+fn language_costs(rust: &Path, calls: usize) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let mut components = vec![("Rust".to_string(), rust.to_path_buf(), "Ada")];
+    for (language, path, first_name) in LANGUAGES {
+        let path = root.join(path);
+        if path.exists() {
+            components.push((language.to_string(), path, first_name));
+        } else {
+            println!(
+                "\n({language}: {} is missing; plugins/examples/build.sh builds it)",
+                path.display()
+            );
+        }
+    }
+    println!("\nper language: compile, load from the compiled cache, calls in fresh instances");
+    for (language, path, first_name) in components {
+        let bytes = std::fs::read(&path)?;
+        let cache =
+            std::env::temp_dir().join(format!("kairos-bench-cache-{}", uuid::Uuid::new_v4()));
+        let load = |runtime: &PluginRuntime| {
+            let started = Instant::now();
+            let plugin = LoadedPlugin::load(
+                runtime,
+                &bytes,
+                PluginConfig::new(),
+                None,
+                PluginSource::File(path.clone()),
+            );
+            (plugin, started.elapsed())
+        };
+        let (fresh, compile) =
+            load(&PluginRuntime::new(PluginLimits::default())?.with_cache(&cache)?);
+        fresh?;
+        let runtime = PluginRuntime::new(PluginLimits::default())?.with_cache(&cache)?;
+        let (plugin, cached) = load(&runtime);
+        let plugin = plugin?;
+        let _ = std::fs::remove_dir_all(&cache);
+        let subject = Subject {
+            id: uuid::Uuid::new_v4(),
+            first_name: first_name.into(),
+            last_name: "Lovelace".into(),
+            timezone: "Europe/London".into(),
+            dates: plugin
+                .info
+                .dates
+                .iter()
+                .map(|name| {
+                    (
+                        name.clone(),
+                        NaiveDate::from_ymd_opt(1990, 12, 10).expect("a date"),
+                    )
+                })
+                .collect(),
+            attributes: BTreeMap::new(),
+        };
+        let after: NaiveDateTime = "2026-11-22T10:00:00".parse()?;
+        // An interpreter's call costs milliseconds: fewer of them.
+        let n = if bytes.len() > 1 << 20 {
+            (calls / 20).max(200)
+        } else {
+            calls
+        };
+        let (mut next, mut next_start, mut format, mut format_start) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for _ in 0..n {
+            let (got, cost) = plugin.next_occurrence_reported(&subject, after);
+            let occurrence = got?.ok_or_else(|| anyhow::anyhow!("{language}: no occurrence"))?;
+            next.push(cost.elapsed);
+            next_start.push(cost.instantiation);
+            let (text, cost) = plugin.format_message_reported(&subject, occurrence);
+            text?;
+            format.push(cost.elapsed);
+            format_start.push(cost.instantiation);
+        }
+        println!(
+            "  {language:<10} {} {} ({:.1} MiB): compile {:.2} s, cached load {:.0} ms; {n} calls each:",
+            plugin.info.name,
+            plugin.info.version,
+            bytes.len() as f64 / f64::from(1 << 20),
+            compile.as_secs_f64(),
+            cached.as_secs_f64() * 1e3
+        );
+        report("  next-occurrence", &mut next);
+        report("    instantiation", &mut next_start);
+        report("  format-message", &mut format);
+        report("    instantiation", &mut format_start);
+    }
     Ok(())
 }
 
