@@ -16,5 +16,6 @@ mod lifecycle;
 mod limits;
 mod openapi;
 mod operations;
+mod polyglot;
 mod scheduling;
 mod series;
