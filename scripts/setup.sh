@@ -20,13 +20,29 @@ have_postgres() {
     command -v initdb >/dev/null 2>&1 && return 0
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
 }
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 if ! have_postgres; then
     say "installing the PostgreSQL server binaries (apt)"
-    if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
     # The Debian package starts a system cluster of its own; kairos does not use it.
     $SUDO systemctl disable --now postgresql >/dev/null 2>&1 || true
+fi
+
+# The example types in JavaScript and Python (plugins/examples/build.sh, and
+# the tests that build them and `kairos plugin new --lang js|python`) need
+# Node.js with npm, and Python 3 with its venv module.
+wanted=()
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    wanted+=(nodejs npm)
+fi
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    wanted+=(python3 python3-venv)
+fi
+if [ ${#wanted[@]} -gt 0 ]; then
+    say "installing ${wanted[*]} (apt), for event types in JavaScript and Python"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${wanted[@]}" >/dev/null
 fi
 
 say "building the bundled plugins (wasm32-wasip2)"

@@ -73,19 +73,23 @@ pub enum PluginCommand {
         #[arg(long, default_value_t = 32)]
         memory_mib: usize,
     },
-    /// Create a plugin crate that builds and passes `kairos plugin check` as it is.
+    /// Create a plugin (a Rust crate, or a JavaScript or Python project) that
+    /// builds and passes `kairos plugin check` as it is.
     New {
         /// The event type's name (a-z, 0-9, '-', '_').
         name: String,
         /// Where to create it; default: ./NAME.
         #[arg(long)]
         path: Option<PathBuf>,
-        /// The `kairos-plugin` SDK crate to depend on, by path (a kairos
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value_t = crate::plugin_kit::Lang::Rust)]
+        lang: crate::plugin_kit::Lang,
+        /// Rust only: the `kairos-plugin` SDK crate to depend on, by path (a kairos
         /// checkout's `plugins/sdk`); default: the one in the source tree
         /// this binary was built from.
         #[arg(long, value_name = "DIR", conflicts_with = "sdk_git")]
         sdk_path: Option<PathBuf>,
-        /// The SDK from a git repository of kairos instead (cargo finds the
+        /// Rust only: the SDK from a git repository of kairos instead (cargo finds the
         /// `kairos-plugin` crate in it).
         #[arg(long, value_name = "URL")]
         sdk_git: Option<String>,

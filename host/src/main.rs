@@ -54,23 +54,27 @@ async fn main() -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::New {
             name,
             path,
+            lang,
             sdk_path,
             sdk_git,
         }) => {
+            use kairos::plugin_kit::{Lang, Sdk};
             let dir = path.unwrap_or_else(|| name.clone().into());
-            let sdk = match (sdk_path, sdk_git) {
-                (_, Some(url)) => kairos::plugin_kit::Sdk::Git(url),
-                (Some(path), None) => kairos::plugin_kit::Sdk::Path(path),
-                (None, None) => kairos::plugin_kit::Sdk::from_source_tree()?,
+            let sdk = match (lang, sdk_path, sdk_git) {
+                (Lang::Rust, _, Some(url)) => Some(Sdk::Git(url)),
+                (Lang::Rust, Some(path), None) => Some(Sdk::Path(path)),
+                (Lang::Rust, None, None) => Some(Sdk::from_source_tree()?),
+                (_, None, None) => None,
+                (_, _, _) => anyhow::bail!("--sdk-path and --sdk-git are for --lang rust"),
             };
-            let files = kairos::plugin_kit::new_plugin(&name, &dir, &sdk)?;
+            let files = kairos::plugin_kit::new_plugin(&name, &dir, lang, sdk.as_ref())?;
             for file in &files {
                 println!("created {}", file.display());
             }
             println!(
-                "\nnext:\n  cd {}\n  cargo test\n  cargo build --release --target wasm32-wasip2\n  kairos plugin check target/wasm32-wasip2/release/kairos_plugin_{}.wasm",
+                "\nnext:\n  cd {}\n{}",
                 dir.display(),
-                name.replace('-', "_")
+                kairos::plugin_kit::next_steps(&name, lang)
             );
             Ok(ExitCode::SUCCESS)
         }

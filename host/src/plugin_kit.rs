@@ -273,9 +273,43 @@ fn type_ident(name: &str) -> String {
     }
 }
 
-/// Creates a plugin crate for the type `name` in `dir`, on the SDK from
-/// `sdk`; returns the files written.
-pub fn new_plugin(name: &str, dir: &Path, sdk: &Sdk) -> anyhow::Result<Vec<PathBuf>> {
+/// The language `kairos plugin new` writes a type in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A crate on the `kairos-plugin` SDK.
+    Rust,
+    /// A project built by componentize-js.
+    Js,
+    /// A project built by componentize-py.
+    Python,
+}
+
+/// The WIT package the host is built against: a JavaScript or Python
+/// project gets a copy, which its build tool reads.
+const WIT: &str = include_str!("../../wit/event-plugin.wit");
+
+/// The commands that build and check a new plugin, as the README gives them.
+pub fn next_steps(name: &str, lang: Lang) -> String {
+    match lang {
+        Lang::Rust => format!(
+            "  cargo test\n  cargo build --release --target wasm32-wasip2\n  kairos plugin check target/wasm32-wasip2/release/kairos_plugin_{}.wasm",
+            name.replace('-', "_")
+        ),
+        Lang::Js => format!("  npm install\n  npm run build\n  kairos plugin check {name}.wasm"),
+        Lang::Python => format!(
+            "  python3 -m venv .venv\n  .venv/bin/pip install -r requirements.txt\n  .venv/bin/componentize-py -d wit -w event-plugin componentize app -o {name}.wasm\n  kairos plugin check {name}.wasm"
+        ),
+    }
+}
+
+/// Creates a plugin for the type `name` in `dir`, in `lang` (a Rust crate
+/// on the SDK from `sdk`); returns the files written.
+pub fn new_plugin(
+    name: &str,
+    dir: &Path,
+    lang: Lang,
+    sdk: Option<&Sdk>,
+) -> anyhow::Result<Vec<PathBuf>> {
     anyhow::ensure!(
         valid_type_name(name),
         "{name:?} is not a type name: use 1 to 64 of a-z, 0-9, '-' and '_', starting with a letter or digit"
@@ -285,38 +319,83 @@ pub fn new_plugin(name: &str, dir: &Path, sdk: &Sdk) -> anyhow::Result<Vec<PathB
         "{} exists and is not empty",
         dir.display()
     );
-    if let Sdk::Path(path) = sdk {
-        anyhow::ensure!(
-            path.join("Cargo.toml").is_file(),
-            "{} is not the kairos-plugin crate (no Cargo.toml in it)",
-            path.display()
-        );
-    }
-    let crate_name = format!("kairos-plugin-{name}");
-    let files = [
-        (
-            "Cargo.toml",
-            CARGO_TOML
-                .replace("{crate}", &crate_name)
-                .replace("{sdk}", &sdk.dependency()),
-        ),
-        (".gitignore", "/target\n".to_string()),
-        (
-            "src/lib.rs",
-            LIB_RS
-                .replace("{name}", name)
-                .replace("{Type}", &type_ident(name)),
-        ),
-        (
-            "README.md",
-            README_MD
-                .replace("{name}", name)
-                .replace("{artifact}", &crate_name.replace('-', "_")),
-        ),
-    ];
+    let files: Vec<(&str, String)> = match lang {
+        Lang::Rust => {
+            let sdk = sdk.context("a Rust plugin needs the kairos-plugin SDK")?;
+            if let Sdk::Path(path) = sdk {
+                anyhow::ensure!(
+                    path.join("Cargo.toml").is_file(),
+                    "{} is not the kairos-plugin crate (no Cargo.toml in it)",
+                    path.display()
+                );
+            }
+            let crate_name = format!("kairos-plugin-{name}");
+            vec![
+                (
+                    "Cargo.toml",
+                    CARGO_TOML
+                        .replace("{crate}", &crate_name)
+                        .replace("{sdk}", &sdk.dependency()),
+                ),
+                (".gitignore", "/target\n".to_string()),
+                (
+                    "src/lib.rs",
+                    LIB_RS
+                        .replace("{name}", name)
+                        .replace("{Type}", &type_ident(name)),
+                ),
+                (
+                    "README.md",
+                    README_MD
+                        .replace("{name}", name)
+                        .replace("{artifact}", &crate_name.replace('-', "_")),
+                ),
+            ]
+        }
+        Lang::Js => vec![
+            (
+                "package.json",
+                include_str!("../templates/js/package.json").to_string(),
+            ),
+            ("app.js", include_str!("../templates/js/app.js").to_string()),
+            (
+                ".gitignore",
+                include_str!("../templates/js/gitignore").to_string(),
+            ),
+            (
+                "README.md",
+                include_str!("../templates/js/README.md").to_string(),
+            ),
+            ("wit/event-plugin.wit", WIT.to_string()),
+        ],
+        Lang::Python => vec![
+            (
+                "app.py",
+                include_str!("../templates/python/app.py").to_string(),
+            ),
+            (
+                "requirements.txt",
+                include_str!("../templates/python/requirements.txt").to_string(),
+            ),
+            (
+                ".gitignore",
+                include_str!("../templates/python/gitignore").to_string(),
+            ),
+            (
+                "README.md",
+                include_str!("../templates/python/README.md").to_string(),
+            ),
+            ("wit/event-plugin.wit", WIT.to_string()),
+        ],
+    };
     let mut written = Vec::new();
     for (path, text) in files {
         let path = dir.join(path);
+        // The WIT is the interface, copied as it is; templates name the type.
+        let text = match path.extension().is_some_and(|e| e == "wit") {
+            true => text,
+            false => text.replace("{name}", name),
+        };
         std::fs::create_dir_all(path.parent().expect("files are under dir"))?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
@@ -509,17 +588,39 @@ mod tests {
     }
 
     #[test]
+    fn javascript_and_python_projects_name_the_type_and_copy_the_interface_as_it_is() {
+        let root = std::env::temp_dir().join(format!("kairos-new-{}", uuid::Uuid::new_v4()));
+        for (lang, source) in [(Lang::Js, "app.js"), (Lang::Python, "app.py")] {
+            let dir = root.join(source);
+            let files = new_plugin("hire-day", &dir, lang, None).unwrap();
+            assert_eq!(files.len(), 5, "{files:?}");
+            let code = std::fs::read_to_string(dir.join(source)).unwrap();
+            assert!(!code.contains("{name}"), "{code}");
+            assert!(code.contains("happy hire-day!"), "{code}");
+            let wit = std::fs::read_to_string(dir.join("wit/event-plugin.wit")).unwrap();
+            assert_eq!(wit, WIT);
+            let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+            assert!(
+                readme.contains("kairos plugin check hire-day.wasm"),
+                "{readme}"
+            );
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn a_new_plugin_depends_on_the_sdk_and_refuses_a_bad_sdk_path() {
         let root = std::env::temp_dir().join(format!("kairos-new-{}", uuid::Uuid::new_v4()));
         let sdk = Sdk::from_source_tree().unwrap();
-        let files = new_plugin("name-day", &root.join("ok"), &sdk).unwrap();
+        let files = new_plugin("name-day", &root.join("ok"), Lang::Rust, Some(&sdk)).unwrap();
         let manifest = std::fs::read_to_string(&files[0]).unwrap();
         assert!(manifest.contains(&sdk.dependency()), "{manifest}");
         let lib = std::fs::read_to_string(root.join("ok/src/lib.rs")).unwrap();
         assert!(lib.contains("impl EventType for NameDay"), "{lib}");
         assert!(lib.contains("kairos_plugin::export!(NameDay);"), "{lib}");
         let missing = Sdk::Path(root.join("nowhere"));
-        let err = new_plugin("name-day", &root.join("bad"), &missing).unwrap_err();
+        let err =
+            new_plugin("name-day", &root.join("bad"), Lang::Rust, Some(&missing)).unwrap_err();
         assert!(
             err.to_string().contains("not the kairos-plugin crate"),
             "{err}"

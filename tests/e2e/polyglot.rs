@@ -318,3 +318,72 @@ async fn a_javascript_error_is_refused_at_upload_or_recorded_on_the_event() {
     );
     assert!(app.receiver.received().is_empty());
 }
+
+/// `kairos plugin new hire-day --lang LANG`, then each command it prints
+/// after `next:` run as printed in the new directory (the last one is
+/// `kairos plugin check`, run with this build's binary): the project builds
+/// and passes the check as generated.
+fn scaffold_builds_and_passes_check(language: Language, lang: &str) {
+    if let Some(tool) = missing_tool(language) {
+        eprintln!("skipped: `{tool}` is not installed, so a {language:?} scaffold cannot be built");
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("scaffold-{lang}-{}", Uuid::new_v4().simple()));
+    let kairos = env!("CARGO_BIN_EXE_kairos");
+    let created = Command::new(kairos)
+        .args(["plugin", "new", "hire-day", "--lang", lang, "--path"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&created.stdout).into_owned();
+    assert!(created.status.success(), "{printed}");
+    assert!(dir.join("wit/event-plugin.wit").is_file(), "{printed}");
+    let steps: Vec<&str> = printed
+        .split("next:")
+        .nth(1)
+        .expect("the next steps are printed")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("cd "))
+        .collect();
+    assert!(
+        steps.last().unwrap().starts_with("kairos plugin check "),
+        "{steps:?}"
+    );
+    let mut check_output = String::new();
+    for step in &steps {
+        let (program, args) = step.split_once(' ').unwrap();
+        let program = if program == "kairos" { kairos } else { program };
+        let output = Command::new(program)
+            .args(args.split_whitespace())
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(output.status.success(), "`{step}` failed:\n{text}");
+        check_output = text;
+    }
+    assert!(check_output.contains("check passed"), "{check_output}");
+    assert!(
+        check_output.contains(r#"format-message → "Hey, Ada Lovelace: happy hire-day!""#),
+        "{check_output}"
+    );
+    // node_modules or a virtual environment: hundreds of MiB each run.
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_javascript_scaffold_builds_with_its_printed_commands_and_passes_check() {
+    scaffold_builds_and_passes_check(Language::JavaScript, "js");
+}
+
+#[test]
+fn a_python_scaffold_builds_with_its_printed_commands_and_passes_check() {
+    scaffold_builds_and_passes_check(Language::Python, "python");
+}
