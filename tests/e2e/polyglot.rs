@@ -190,7 +190,8 @@ async fn a_javascript_work_anniversary_uploaded_through_the_api_delivers_a_signe
 }
 
 #[tokio::test]
-async fn a_python_name_day_from_the_plugin_directory_delivers_and_refuses_a_bad_send_at() {
+async fn a_python_name_day_from_the_plugin_directory_and_then_the_api_delivers_and_refuses_a_bad_send_at()
+ {
     let Some(wasm) = example_wasm(Language::Python) else {
         return;
     };
@@ -266,6 +267,38 @@ async fn a_python_name_day_from_the_plugin_directory_delivers_and_refuses_a_bad_
     let types = app.event_types().await;
     let name_day = types.iter().find(|t| t["name"] == "name-day").unwrap();
     assert_eq!(name_day["config"]["send_at"], "07:15", "{name_day}");
+
+    // The same component through the admin API, with the Czech calendar:
+    // Anna's name day moves from 9 December (sv) to 26 July (cs), at 08:00.
+    let anna = app.create_user(&person("Anna")).await;
+    let anna_id = anna["id"].as_str().unwrap();
+    let response = app
+        .put_type(
+            "name-day",
+            "?config.calendar=cs&config.send_at=08:00",
+            std::fs::read(&wasm).unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), 200, "a replacement");
+    app.event_types.settle().await;
+    let expected = next_yearly(Utc::now().with_timezone(&tz).naive_local(), 7, 26, 8, 0);
+    // The replacement cancels the December event and plans July's.
+    let events = app.events_of(anna_id).await;
+    let statuses: Vec<&Value> = events.iter().map(|e| &e["status"]).collect();
+    assert_eq!(
+        statuses,
+        [&json!("cancelled"), &json!("pending")],
+        "{events:?}"
+    );
+    let event = events[1].clone();
+    assert_eq!(
+        event["occurrence"],
+        expected.format("%Y-%m-%dT%H:%M:%S").to_string()
+    );
+    app.make_due(event["id"].as_str().unwrap()).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+    let received = app.receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(received[1].body["message"]["text"], "Happy name day, Anna!");
 }
 
 #[tokio::test]
