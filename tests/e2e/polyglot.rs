@@ -302,16 +302,48 @@ async fn a_python_name_day_from_the_plugin_directory_and_then_the_api_delivers_a
 }
 
 #[tokio::test]
-async fn a_javascript_error_is_refused_at_upload_or_recorded_on_the_event() {
+async fn a_javascript_type_from_the_plugin_directory_delivers_and_its_errors_are_refused_or_recorded()
+ {
     let Some(wasm) = example_wasm(Language::JavaScript) else {
         return;
     };
-    let app = spawn_app().await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("polyglot-plugins-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&wasm, dir.join("work-anniversary.wasm")).unwrap();
+    std::fs::write(
+        dir.join("work-anniversary.toml"),
+        "[config]\ncompany = \"Initech\"\n",
+    )
+    .unwrap();
+    let app = spawn_app_with(|s| s.plugin_dir = dir.clone()).await;
     let bytes = std::fs::read(&wasm).unwrap();
 
-    // Bad config fails the self-check: a 400 naming the key.
+    // Loaded through the directory, it delivers.
+    let ada = app
+        .create_user(&json!({
+            "first_name": "Ada",
+            "last_name": "King",
+            "timezone": "Asia/Kolkata",
+            "dates": {"work_start": "2019-03-15"},
+        }))
+        .await;
+    let event = the_event(&app, ada["id"].as_str().unwrap(), "work-anniversary").await;
+    let occurrence: NaiveDateTime = event["occurrence"].as_str().unwrap().parse().unwrap();
+    app.make_due(event["id"].as_str().unwrap()).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+    let received = app.receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(
+        received[0].body["message"]["text"],
+        format!(
+            "Congratulations Ada on {} years at Initech",
+            occurrence.year() - 2019
+        )
+    );
+
+    // Bad config fails the self-check: a 400 naming the key, nothing changed.
     let response = app
-        .put_type("work-anniversary", "?config.send_at=9", bytes.clone())
+        .put_type("work-anniversary", "?config.send_at=9", bytes)
         .await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
@@ -320,10 +352,12 @@ async fn a_javascript_error_is_refused_at_upload_or_recorded_on_the_event() {
         error.contains("plugin error: config send_at: expected HH:MM, got \"9\""),
         "{error}"
     );
-    assert_eq!(
-        app.put_type("work-anniversary", "", bytes).await.status(),
-        201
-    );
+    let types = app.event_types().await;
+    let loaded = types
+        .iter()
+        .find(|t| t["name"] == "work-anniversary")
+        .unwrap();
+    assert_eq!(loaded["config"], json!({"company": "Initech"}), "{loaded}");
 
     // An event already due stays when its user loses the date; formatting
     // its message then fails in the plugin, and the error is recorded.
@@ -349,7 +383,7 @@ async fn a_javascript_error_is_refused_at_upload_or_recorded_on_the_event() {
         failed["last_error"],
         "plugin error: subject has no `work_start` date"
     );
-    assert!(app.receiver.received().is_empty());
+    assert_eq!(app.receiver.received().len(), 1, "only Ada's webhook");
 }
 
 /// `kairos plugin new hire-day --lang LANG`, then each command it prints
