@@ -319,6 +319,8 @@ pub fn new_plugin(
         "{} exists and is not empty",
         dir.display()
     );
+    // What `kairos plugin new` writes names the type; the WIT is copied as it is.
+    let template = |text: &str| text.replace("{name}", name);
     let files: Vec<(&str, String)> = match lang {
         Lang::Rust => {
             let sdk = sdk.context("a Rust plugin needs the kairos-plugin SDK")?;
@@ -340,50 +342,46 @@ pub fn new_plugin(
                 (".gitignore", "/target\n".to_string()),
                 (
                     "src/lib.rs",
-                    LIB_RS
-                        .replace("{name}", name)
-                        .replace("{Type}", &type_ident(name)),
+                    template(LIB_RS).replace("{Type}", &type_ident(name)),
                 ),
                 (
                     "README.md",
-                    README_MD
-                        .replace("{name}", name)
-                        .replace("{artifact}", &crate_name.replace('-', "_")),
+                    template(README_MD).replace("{artifact}", &crate_name.replace('-', "_")),
                 ),
             ]
         }
         Lang::Js => vec![
             (
                 "package.json",
-                include_str!("../templates/js/package.json").to_string(),
+                template(include_str!("../templates/js/package.json")),
             ),
-            ("app.js", include_str!("../templates/js/app.js").to_string()),
+            ("app.js", template(include_str!("../templates/js/app.js"))),
             (
                 ".gitignore",
-                include_str!("../templates/js/gitignore").to_string(),
+                template(include_str!("../templates/js/gitignore")),
             ),
             (
                 "README.md",
-                include_str!("../templates/js/README.md").to_string(),
+                template(include_str!("../templates/js/README.md")),
             ),
             ("wit/event-plugin.wit", WIT.to_string()),
         ],
         Lang::Python => vec![
             (
                 "app.py",
-                include_str!("../templates/python/app.py").to_string(),
+                template(include_str!("../templates/python/app.py")),
             ),
             (
                 "requirements.txt",
-                include_str!("../templates/python/requirements.txt").to_string(),
+                template(include_str!("../templates/python/requirements.txt")),
             ),
             (
                 ".gitignore",
-                include_str!("../templates/python/gitignore").to_string(),
+                template(include_str!("../templates/python/gitignore")),
             ),
             (
                 "README.md",
-                include_str!("../templates/python/README.md").to_string(),
+                template(include_str!("../templates/python/README.md")),
             ),
             ("wit/event-plugin.wit", WIT.to_string()),
         ],
@@ -391,11 +389,6 @@ pub fn new_plugin(
     let mut written = Vec::new();
     for (path, text) in files {
         let path = dir.join(path);
-        // The WIT is the interface, copied as it is; templates name the type.
-        let text = match path.extension().is_some_and(|e| e == "wit") {
-            true => text,
-            false => text.replace("{name}", name),
-        };
         std::fs::create_dir_all(path.parent().expect("files are under dir"))?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         written.push(path);
