@@ -1,6 +1,7 @@
 //! Who may call what, and where webhooks may go: client routes take a
 //! client or the admin token, admin routes only the admin token, open routes
-//! none, and a refused request writes nothing and its body is not read;
+//! none, and a refused request writes nothing (its body is read and
+//! discarded, so that its sender gets the refusal, not a closed connection);
 //! webhooks reach private, link-local or loopback addresses only when the
 //! operator allows them.
 
@@ -120,6 +121,66 @@ async fn a_client_token_cannot_use_admin_routes_and_open_routes_need_none() {
         "/event-types/birthday",
     ] {
         assert_eq!(app.get(path).await.status(), 200, "{path}");
+    }
+}
+
+/// A refused request is answered before its body is read, and its body is
+/// then read and dropped, so the connection stays usable: here the answer
+/// arrives while the body is still unsent, and a second request on the same
+/// connection is answered too. Were the body left unread, the host would
+/// close the connection after the first answer, and a client still writing
+/// its body (`kairos import`) would see "broken pipe" instead of the `401`.
+#[tokio::test]
+async fn a_refused_request_is_answered_before_its_body_and_keeps_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|s| s.api_tokens = Some(CLIENT_TOKEN.into())).await;
+    let host = app.base.trim_start_matches("http://");
+    let body = format!("{}\n", ada()).repeat(200);
+    let head = |token: &str| {
+        format!(
+            "POST /users/import HTTP/1.1\r\nhost: {host}\r\n{token}\
+             content-type: application/x-ndjson\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+    };
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(head("").as_bytes()).await.unwrap();
+    let first = read_response(&mut stream).await;
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    assert!(first.contains("token"), "{first}");
+
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let wrong = format!("authorization: Bearer {CLIENT_TOKEN}-wrong\r\n");
+    stream.write_all(head(&wrong).as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let second = read_response(&mut stream).await;
+    assert!(second.starts_with("HTTP/1.1 401"), "{second}");
+    assert_eq!(users_count(&app).await, 0);
+}
+
+/// One HTTP/1.1 response with a `content-length`, read from `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if bytes.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the connection closed after {text:?}");
+        bytes.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -1,7 +1,10 @@
 //! Who may call what: client routes take a client token (`KAIROS_API_TOKENS`)
 //! or the admin token, admin routes only the admin token, open routes none.
-//! Checked in a layer before the handler runs, so a refused request has its
-//! body unread and writes nothing.
+//! Checked in a layer before the handler runs, so a refused request is
+//! answered before its body is read and writes nothing. Its body is then
+//! read and discarded, up to [`DRAIN_LIMIT`]: a client still writing a body
+//! (an import, an upload) would otherwise see its connection closed under it
+//! ("broken pipe") instead of the `401`.
 
 use super::AppState;
 use super::error::ApiError;
@@ -10,7 +13,14 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
+
+/// How much of a refused request's body is read and discarded, and for how
+/// long at most, so that its sender gets the refusal (as Go's `net/http`
+/// discards up to 256 KiB of an unread body).
+const DRAIN_LIMIT: usize = 1 << 20;
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// The tokens a host accepts, kept as SHA-256 digests and compared in
 /// constant time, so neither a token nor its length leaks through timing.
@@ -99,7 +109,10 @@ pub async fn client(
     if tokens.clients_open || tokens.grant(&request) != Grant::None {
         Ok(next.run(request).await)
     } else {
-        Err(ApiError::Unauthorized("a valid bearer token is required"))
+        Err(refuse(
+            request,
+            ApiError::Unauthorized("a valid bearer token is required"),
+        ))
     }
 }
 
@@ -111,11 +124,27 @@ pub async fn admin(
 ) -> Result<Response, ApiError> {
     match state.tokens.grant(&request) {
         Grant::Admin => Ok(next.run(request).await),
-        Grant::Client => Err(ApiError::Forbidden(
-            "this route takes the admin token (KAIROS_ADMIN_TOKEN); a client token may not use it",
+        Grant::Client => Err(refuse(
+            request,
+            ApiError::Forbidden(
+                "this route takes the admin token (KAIROS_ADMIN_TOKEN); a client token may not use it",
+            ),
         )),
-        Grant::None => Err(ApiError::Unauthorized(
-            "a valid admin bearer token (KAIROS_ADMIN_TOKEN) is required",
+        Grant::None => Err(refuse(
+            request,
+            ApiError::Unauthorized("a valid admin bearer token (KAIROS_ADMIN_TOKEN) is required"),
         )),
     }
+}
+
+/// `error`, answered at once, before any of the body is read. The body is
+/// read and dropped in the background, to its end or to [`DRAIN_LIMIT`]
+/// within [`DRAIN_WAIT`], so that a client still writing it gets the answer
+/// rather than a connection closed under it.
+fn refuse(request: Request, error: ApiError) -> ApiError {
+    let body = request.into_body();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(DRAIN_WAIT, axum::body::to_bytes(body, DRAIN_LIMIT)).await;
+    });
+    error
 }
