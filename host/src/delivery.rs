@@ -487,9 +487,7 @@ fn prepare_one(registry: &Registry, claimed: Claimed, now: DateTime<Utc>) -> Pre
     }
 }
 
-/// The occurrence after a finished one: after the later of the finished
-/// occurrence and the user's local time `now`, so a long outage does not
-/// replay years of stale occurrences.
+/// The occurrence after a finished one (`scheduler::plan_successor`).
 fn plan_successor(
     plugin: &LoadedPlugin,
     subject: &Subject,
@@ -497,11 +495,10 @@ fn plan_successor(
     finished: &ClaimedEvent,
     now: DateTime<Utc>,
 ) -> Successor {
-    let Some(tz) = scheduler::parse_tz(&subject.timezone) else {
+    if scheduler::parse_tz(&subject.timezone).is_none() {
         return Successor::End;
-    };
-    let after = finished.occurrence.max(scheduler::utc_to_local(now, tz));
-    match scheduler::plan_next(plugin, subject, after) {
+    }
+    match scheduler::plan_successor(plugin, subject, finished.occurrence, now) {
         Ok(Some(plan)) => Successor::Planned { plan, user_version },
         Ok(None) => Successor::End,
         Err(error) => {

@@ -193,16 +193,7 @@ impl EventTypes {
         bytes: Vec<u8>,
         settings: PluginFile,
     ) -> Result<(Change, Arc<LoadedPlugin>), UploadError> {
-        let registry = self.registry.clone();
-        let name_owned = name.to_string();
-        let (plugin, bytes) = tokio::task::spawn_blocking(move || {
-            registry
-                .load_checked(&name_owned, &bytes, settings, PluginSource::Upload)
-                .map(|plugin| (plugin, bytes))
-        })
-        .await
-        .map_err(anyhow::Error::from)?
-        .map_err(|e| UploadError::Invalid(format!("{e:#}")))?;
+        let (plugin, bytes) = self.load_candidate(name, bytes, settings).await?;
         let settings = PluginFile {
             config: plugin.config.clone(),
             webhook_url: plugin.webhook_url.clone(),
@@ -230,6 +221,28 @@ impl EventTypes {
             _ => Change::Replaced,
         };
         Ok((change, served))
+    }
+
+    /// Compiles and checks a component for the type `name` as an upload
+    /// does (the name it describes itself by, the self-check), without
+    /// loading it anywhere: what an upload and a dry run share. Gives the
+    /// bytes back.
+    pub async fn load_candidate(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        settings: PluginFile,
+    ) -> Result<(LoadedPlugin, Vec<u8>), UploadError> {
+        let registry = self.registry.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            registry
+                .load_checked(&name, &bytes, settings, PluginSource::Upload)
+                .map(|plugin| (plugin, bytes))
+        })
+        .await
+        .map_err(anyhow::Error::from)?
+        .map_err(|e| UploadError::Invalid(format!("{e:#}")))
     }
 
     /// Deletes a type for the fleet (its pending events are cancelled, once)

@@ -11,6 +11,7 @@
 //! check|new`. `startup` wires it all and `supervisor` keeps its loops
 //! running; `embedded_pg` is the default database.
 
+pub mod ahead;
 pub mod claimer;
 pub mod config;
 pub mod delivery;

@@ -74,6 +74,22 @@ pub fn plan_next_after_now(
     }
 }
 
+/// The occurrence that follows a finished one, as delivery plans it: the
+/// first after the later of the finished occurrence and the user's local
+/// time `now`, so a long outage does not replay years of stale occurrences.
+/// The simulation walks a series forward with this same step.
+pub fn plan_successor(
+    plugin: &LoadedPlugin,
+    subject: &Subject,
+    finished: NaiveDateTime,
+    now: DateTime<Utc>,
+) -> Result<Option<PlannedEvent>, PluginError> {
+    match parse_tz(&subject.timezone) {
+        Some(tz) => plan_next(plugin, subject, finished.max(utc_to_local(now, tz))),
+        None => Ok(None),
+    }
+}
+
 /// What every type loaded here answered for one user.
 #[derive(Debug, Default)]
 pub struct UserPlan {

@@ -294,6 +294,27 @@ pub async fn list_users(pool: &PgPool, after: Option<Uuid>, limit: i64) -> sqlx:
     .await
 }
 
+/// Up to `limit` users after `after` by id, read on `conn` (a preview's or
+/// a simulation's read-only transaction); `only` narrows it to one user.
+pub async fn users_page(
+    conn: &mut PgConnection,
+    after: Option<Uuid>,
+    only: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<User>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        user_columns!(),
+        " FROM users WHERE ($1::uuid IS NULL OR id > $1) AND ($2::uuid IS NULL OR id = $2) \
+         ORDER BY id LIMIT $3"
+    ))
+    .bind(after)
+    .bind(only)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
 pub async fn list_user_events(pool: &PgPool, user_id: Uuid) -> sqlx::Result<Vec<Event>> {
     sqlx::query_as(concat!(
         "SELECT ",

@@ -3,6 +3,7 @@
 //! and the app on port 0.
 
 mod access;
+mod ahead;
 mod api;
 mod delivery;
 mod embedded;

@@ -15,7 +15,7 @@ enum Kind {
 }
 
 /// Every route the host serves: method, path template, who may call it.
-const ROUTES: [(&str, &str, Kind); 17] = [
+const ROUTES: [(&str, &str, Kind); 18] = [
     ("get", "/users", Kind::Client),
     ("post", "/users", Kind::Client),
     ("get", "/users/{id}", Kind::Client),
@@ -25,6 +25,7 @@ const ROUTES: [(&str, &str, Kind); 17] = [
     ("post", "/users/import", Kind::Client),
     ("get", "/events", Kind::Client),
     ("post", "/events/{id}/retry", Kind::Client),
+    ("get", "/simulate", Kind::Client),
     ("get", "/event-types", Kind::Open),
     ("get", "/event-types/{name}", Kind::Open),
     ("put", "/event-types/{name}", Kind::Admin),

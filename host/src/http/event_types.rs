@@ -4,15 +4,17 @@
 use super::error::{ApiError, ErrorBody};
 use super::json::ValidPath;
 use super::{AppState, auth};
+use crate::ahead::preview;
 use crate::event_types::{Change, UploadError};
 use crate::outbound::{self, AllowList};
 use crate::plugin::{LoadedPlugin, PluginConfig, PluginFile, PluginSource, valid_type_name};
 use crate::{fleet, replan};
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -35,7 +37,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
 /// The schema of a type's entry, as `describe` and `FleetView::describe`
 /// build it: never constructed, it is what the OpenAPI document shows.
 #[allow(dead_code)]
-#[derive(utoipa::ToSchema)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[schema(as = EventType)]
 pub(super) struct EventTypeEntry {
     name: String,
@@ -68,6 +70,29 @@ pub(super) struct EventTypeEntry {
     /// The type's latest scheduling pass, or null.
     #[schema(value_type = Option<Object>, required = true)]
     pass: Value,
+}
+
+/// What `PUT /event-types/{name}` answers `200` with: the type's entry, or
+/// for a dry run the preview. Never constructed; for the OpenAPI document.
+#[allow(dead_code, clippy::large_enum_variant)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub(super) enum PutAnswer {
+    Loaded(EventTypeEntry),
+    DryRun(preview::Preview),
+}
+
+/// A line of a streamed dry run: one of its keys. Never constructed.
+#[allow(dead_code)]
+#[derive(utoipa::ToSchema)]
+pub(super) struct PreviewLine {
+    /// `{"users_read", "users_total"}`, after each batch of users.
+    #[schema(value_type = Option<Object>)]
+    progress: Option<Value>,
+    /// The last line when it succeeds.
+    preview: Option<preview::Preview>,
+    /// The last line when it fails part-way.
+    error: Option<String>,
 }
 
 /// A component's bytes, as the OpenAPI document shows a binary body.
@@ -231,6 +256,8 @@ pub(super) async fn show(
         ("name" = String, Path, description = "The type's name; must equal the component's `describe().name`"),
         ("config.{KEY}" = Option<String>, Query, description = "One config setting each, `config.send_at=09:00`: together the type's whole config"),
         ("webhook_url" = Option<String>, Query, description = "Where this type's webhooks go; refused unless its addresses are allowed (KAIROS_WEBHOOK_ALLOW)"),
+        ("dry_run" = Option<bool>, Query, description = "true: check and compile as usual, then answer what loading it would change for every user (a Preview), loading, writing and cancelling nothing. With Accept: application/x-ndjson, progress lines come first"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "With dry_run=true: at most this many entries in changes, default 100"),
     ),
     request_body(
         description = "The WebAssembly component (at most 32 MiB)",
@@ -238,7 +265,10 @@ pub(super) async fn show(
     ),
     responses(
         (status = 201, description = "Loaded as a new type; scheduled for every user who has its dates", body = EventTypeEntry),
-        (status = 200, description = "Replaced the type; pending events are recomputed", body = EventTypeEntry),
+        (status = 200, description = "Replaced the type; pending events are recomputed. With dry_run=true: the Preview, nothing changed", content(
+            (PutAnswer = "application/json"),
+            (PreviewLine = "application/x-ndjson"),
+        )),
         (status = 400, description = "A bad component, name, query parameter, content type or webhook_url", body = ErrorBody),
         (status = 401, description = "No admin token, or a wrong one", body = ErrorBody),
         (status = 403, description = "A client token: this route takes the admin token", body = ErrorBody),
@@ -252,8 +282,9 @@ pub(super) async fn upload(
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     check_name(&name)?;
+    let (dry_run, query) = dry_run_from_query(query)?;
     let settings = settings_from_query(query)?;
     if let Some(url) = &settings.webhook_url {
         check_webhook_url(&state.webhook_allow, url).await?;
@@ -288,6 +319,9 @@ pub(super) async fn upload(
             "the body must be a WebAssembly component (application/wasm); it is empty",
         ));
     }
+    if let Some(limit) = dry_run {
+        return preview(state, &name, body.to_vec(), settings, limit, &headers).await;
+    }
     match state
         .event_types
         .upload(&name, body.to_vec(), settings)
@@ -299,7 +333,7 @@ pub(super) async fn upload(
                 Change::Replaced => StatusCode::OK,
             };
             let view = FleetView::read(&state).await?;
-            Ok((status, Json(view.describe(&state, &plugin))))
+            Ok((status, Json(view.describe(&state, &plugin))).into_response())
         }
         Err(UploadError::Invalid(reason)) => Err(ApiError::bad_request("body", reason)),
         Err(UploadError::Internal(e)) => Err(ApiError::Internal(e)),
@@ -356,6 +390,103 @@ async fn check_webhook_url(allow: &AllowList, url: &str) -> Result<(), ApiError>
             format!("its host did not resolve within {RESOLVE_WITHIN:?}"),
         )),
     }
+}
+
+/// `dry_run=true` (with `limit`, 1 to 1000) taken out of the query: the
+/// limit of a dry run, or `None` for a real upload.
+fn dry_run_from_query(
+    mut query: BTreeMap<String, String>,
+) -> Result<(Option<usize>, BTreeMap<String, String>), ApiError> {
+    let dry_run = match query.remove("dry_run").as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "dry_run",
+                format!("must be true or false, not {other:?}"),
+            ));
+        }
+    };
+    let limit = match query.remove("limit") {
+        None => preview::DEFAULT_LIMIT,
+        Some(_) if !dry_run => {
+            return Err(ApiError::bad_request(
+                "limit",
+                "limit applies to a dry run (dry_run=true) only",
+            ));
+        }
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=preview::MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "limit",
+                    format!("must be a whole number from 1 to {}", preview::MAX_LIMIT),
+                )
+            })?,
+    };
+    Ok((dry_run.then_some(limit), query))
+}
+
+/// A dry run: the candidate is compiled and checked as an upload would be,
+/// then compared with the live type for every user (`ahead::preview`).
+/// With `Accept: application/x-ndjson` the answer is a stream: a
+/// `{"progress": {"users_read", "users_total"}}` line per batch, then
+/// `{"preview": {...}}` (or `{"error": "..."}` should it fail part-way).
+async fn preview(
+    state: AppState,
+    name: &str,
+    bytes: Vec<u8>,
+    settings: PluginFile,
+    limit: usize,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let candidate = match state
+        .event_types
+        .load_candidate(name, bytes, settings)
+        .await
+    {
+        Ok((candidate, _)) => candidate,
+        Err(UploadError::Invalid(reason)) => return Err(ApiError::bad_request("body", reason)),
+        Err(UploadError::Internal(e)) => return Err(ApiError::Internal(e)),
+    };
+    let live = state.registry.get(name);
+    let streamed = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/x-ndjson"));
+    if !streamed {
+        let preview = preview::run(&state.pool, live, candidate, limit, |_| {}).await?;
+        return Ok(Json(preview).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    tokio::spawn(async move {
+        let progress = tx.clone();
+        let line = match preview::run(&state.pool, live, candidate, limit, move |p| {
+            let _ = progress.send(json!({ "progress": p }));
+        })
+        .await
+        {
+            Ok(preview) => json!({ "preview": preview }),
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "a dry run failed part-way");
+                json!({ "error": "the dry run failed part-way; the host's log says why" })
+            }
+        };
+        let _ = tx.send(line);
+    });
+    let lines = futures::stream::unfold(rx, |mut rx| async move {
+        let line = rx.recv().await?;
+        let mut bytes = serde_json::to_vec(&line).expect("a line serialises");
+        bytes.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(bytes)), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }
 
 /// `?config.KEY=VALUE…` is the type's whole config; nothing else is accepted.

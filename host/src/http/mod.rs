@@ -6,6 +6,7 @@ pub mod event_types;
 mod events;
 mod json;
 mod openapi;
+mod simulate;
 mod users;
 
 pub use error::ApiError;
@@ -60,6 +61,7 @@ pub fn router(state: AppState) -> Router {
     let client = Router::new()
         .merge(users::router())
         .merge(events::router())
+        .merge(simulate::router())
         .route_layer(from_fn_with_state(state.clone(), auth::client));
     Router::new()
         .merge(client)

@@ -3,7 +3,7 @@
 //! they take and answer.
 
 use super::error::ErrorBody;
-use super::{event_types, events, users};
+use super::{event_types, events, simulate, users};
 use axum::http::header;
 use axum::response::IntoResponse;
 use std::sync::LazyLock;
@@ -35,6 +35,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         users::import_users,
         events::list_events,
         events::retry_event,
+        simulate::simulate,
         event_types::list,
         event_types::show,
         event_types::upload,
@@ -49,6 +50,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
     tags(
         (name = "users", description = "People and their dates (client routes)"),
         (name = "events", description = "Scheduled events (client routes)"),
+        (name = "simulate", description = "Every message the loaded types would send in a window (client routes)"),
         (name = "event-types", description = "Loaded event types: listing is open, changes take the admin token"),
         (name = "operations", description = "Probes, metrics and this document (open routes)"),
     )
