@@ -34,6 +34,36 @@ pub enum Command {
     /// summary and each rejected line; exits 1 if any line was rejected,
     /// 2 if the import failed.
     Import(ImportArgs),
+    /// Print every message the host's loaded types would send with `due_at`
+    /// in [FROM, TO), in due time order, from its `GET /simulate`. Reads
+    /// only: nothing is written or claimed. Exits 2 if it failed.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Start of the window, included: RFC 3339 (2027-03-28T00:00:00Z) or a
+    /// date (2027-03-28, midnight UTC).
+    #[arg(long)]
+    pub from: String,
+    /// End of the window, excluded; at most five years after FROM.
+    #[arg(long)]
+    pub to: String,
+    /// Only this event type.
+    #[arg(long = "type", value_name = "NAME")]
+    pub event_type: Option<String>,
+    /// Only this user (id).
+    #[arg(long = "user", value_name = "ID")]
+    pub user_id: Option<String>,
+    /// `ndjson` (the API's lines) or `csv` (with a header row).
+    #[arg(long, value_enum, default_value_t = crate::ahead_cli::Format::Ndjson)]
+    pub format: crate::ahead_cli::Format,
+    /// The host's base URL.
+    #[arg(long, env = "KAIROS_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// A client token (one of the host's `KAIROS_API_TOKENS`, or its admin token).
+    #[arg(long, env = "KAIROS_API_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +102,30 @@ pub enum PluginCommand {
         /// Linear memory one instance may use, in MiB.
         #[arg(long, default_value_t = 32)]
         memory_mib: usize,
+    },
+    /// Show what loading FILE.wasm as the type NAME would change, on a
+    /// running host's real users, without loading it: each user's next
+    /// message before and after, and the users it fails for (a dry run,
+    /// `PUT /event-types/NAME?dry_run=true`). Exits 1 if it fails for any
+    /// user, 2 if the dry run itself failed (a bad component, say).
+    Diff {
+        /// The event type's name.
+        name: String,
+        /// The candidate component.
+        file: PathBuf,
+        /// The candidate's config, as KEY=VALUE (its whole config, as in an
+        /// upload); repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+        /// Users listed (failed first, then changed, then unchanged), 1 to 1000.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        /// The host's base URL.
+        #[arg(long, env = "KAIROS_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The host's admin token.
+        #[arg(long, env = "KAIROS_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Create a plugin (a Rust crate, or a JavaScript or Python project) that
     /// builds and passes `kairos plugin check` as it is.

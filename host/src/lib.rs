@@ -12,6 +12,7 @@
 //! running; `embedded_pg` is the default database.
 
 pub mod ahead;
+pub mod ahead_cli;
 pub mod claimer;
 pub mod config;
 pub mod delivery;

@@ -47,6 +47,18 @@ async fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Simulate(args) => Ok(kairos::ahead_cli::simulate(&args).await),
+        Command::Plugin(PluginCommand::Diff {
+            name,
+            file,
+            config,
+            limit,
+            url,
+            token,
+        }) => {
+            let token = token.as_deref().filter(|t| !t.trim().is_empty());
+            Ok(kairos::ahead_cli::diff(&name, &file, &config, limit, &url, token).await)
+        }
         Command::Import(args) => {
             let token = args.token.as_deref().filter(|t| !t.trim().is_empty());
             Ok(kairos::import_cli::run(&args.file, &args.url, token).await)

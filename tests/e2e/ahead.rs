@@ -749,3 +749,196 @@ async fn a_simulation_refuses_bad_windows_by_name_and_narrows_by_type_and_user()
         "{occurrences:?}"
     );
 }
+
+// --- The command line -----------------------------------------------------
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the built `kairos` with `args` (awaited, so the app keeps serving
+/// on this runtime).
+async fn kairos(args: &[&str]) -> Run {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kairos"))
+        .args(args)
+        .env_remove("KAIROS_URL")
+        .env_remove("KAIROS_API_TOKEN")
+        .env_remove("KAIROS_ADMIN_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    Run {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&output.stderr).to_string(),
+    }
+}
+
+#[tokio::test]
+async fn kairos_simulate_prints_the_api_lines_or_csv() {
+    let app = spawn_app().await;
+    for (i, zone) in ["Asia/Kathmandu", "America/Halifax", "Africa/Lagos"]
+        .iter()
+        .enumerate()
+    {
+        app.create_user(&person(
+            &format!("Cli{i}"),
+            zone,
+            json!({"birthday": format!("1970-0{}-21", i + 3)}),
+            json!({}),
+        ))
+        .await;
+    }
+    let now = Utc::now();
+    let (from, to) = (
+        now.date_naive().to_string(),
+        (now + Duration::days(400)).date_naive().to_string(),
+    );
+    let (status, _, api) =
+        simulate(&app, &format!("from={from}T00:00:00Z&to={to}T00:00:00Z")).await;
+    assert_eq!(status, 200);
+    assert_eq!(api.lines().count(), 3, "{api}");
+
+    let ndjson = kairos(&["simulate", "--from", &from, "--to", &to, "--url", &app.base]).await;
+    assert_eq!(ndjson.code, Some(0), "{}", ndjson.stderr);
+    assert_eq!(ndjson.stdout, api);
+
+    let csv = kairos(&[
+        "simulate", "--from", &from, "--to", &to, "--format", "csv", "--type", "birthday", "--url",
+        &app.base,
+    ])
+    .await;
+    assert_eq!(csv.code, Some(0), "{}", csv.stderr);
+    let rows: Vec<&str> = csv.stdout.lines().collect();
+    assert_eq!(
+        rows[0],
+        "user_id,event_type,event_type_version,occurrence,timezone,due_at,text"
+    );
+    assert_eq!(rows.len(), 4, "{}", csv.stdout);
+    for (row, line) in rows[1..].iter().zip(api.lines()) {
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert!(
+            row.starts_with(&format!("{},birthday,", line["user_id"].as_str().unwrap())),
+            "{row}"
+        );
+        assert!(
+            row.ends_with(&format!("\"{}\"", line["text"].as_str().unwrap())),
+            "{row}"
+        );
+    }
+
+    let bad = kairos(&["simulate", "--from", &to, "--to", &from, "--url", &app.base]).await;
+    assert_eq!(bad.code, Some(2));
+    assert!(
+        bad.stderr.contains("to: must be after from"),
+        "{}",
+        bad.stderr
+    );
+}
+
+#[tokio::test]
+async fn kairos_plugin_diff_prints_the_preview_and_exits_by_its_outcome() {
+    let app = spawn_app().await;
+    app.create_user(&person(
+        "Diff",
+        "Europe/Oslo",
+        json!({"birthday": "1980-08-08"}),
+        json!({}),
+    ))
+    .await;
+    let erring = app
+        .create_user(&person(
+            "Err",
+            "UTC",
+            json!({"birthday": "1980-08-09"}),
+            json!({"mode": "err"}),
+        ))
+        .await;
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let birthday = crate::helpers::plugin_wasm("kairos-birthday");
+    let misbehave = crate::helpers::plugin_wasm("kairos-misbehave");
+    let junk = dir.join(format!("junk-{}.wasm", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&junk, b"junk").unwrap();
+    let rows_before = rows(&app).await;
+
+    let moved = kairos(&[
+        "plugin",
+        "diff",
+        "birthday",
+        birthday.to_str().unwrap(),
+        "--config",
+        "send_at=07:15",
+        "--url",
+        &app.base,
+        "--token",
+        ADMIN_TOKEN,
+    ])
+    .await;
+    assert_eq!(moved.code, Some(0), "{}", moved.stderr);
+    assert!(
+        moved
+            .stdout
+            .contains("2 users with its dates: 2 changed, 0 failed"),
+        "{}",
+        moved.stdout
+    );
+    assert!(moved.stdout.contains("T07:15:00"), "{}", moved.stdout);
+
+    let failing = kairos(&[
+        "plugin",
+        "diff",
+        "misbehave",
+        misbehave.to_str().unwrap(),
+        "--url",
+        &app.base,
+        "--token",
+        ADMIN_TOKEN,
+    ])
+    .await;
+    assert_eq!(failing.code, Some(1), "{}", failing.stderr);
+    let failed_row = failing
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("failed"))
+        .unwrap_or_else(|| panic!("{}", failing.stdout));
+    assert!(
+        failed_row.contains(erring["id"].as_str().unwrap()),
+        "{failed_row}"
+    );
+    assert!(
+        failed_row.ends_with("plugin error: deliberate error"),
+        "{failed_row}"
+    );
+
+    let bad = kairos(&[
+        "plugin",
+        "diff",
+        "birthday",
+        junk.to_str().unwrap(),
+        "--url",
+        &app.base,
+        "--token",
+        ADMIN_TOKEN,
+    ])
+    .await;
+    assert_eq!(bad.code, Some(2));
+    assert!(
+        bad.stderr.contains("400") && bad.stderr.contains("body:"),
+        "{}",
+        bad.stderr
+    );
+    let refused = kairos(&[
+        "plugin",
+        "diff",
+        "birthday",
+        birthday.to_str().unwrap(),
+        "--url",
+        &app.base,
+    ])
+    .await;
+    assert_eq!(refused.code, Some(2));
+    assert!(refused.stderr.contains("401"), "{}", refused.stderr);
+    assert_eq!(rows(&app).await, rows_before);
+}
