@@ -6,9 +6,11 @@
 #      receiver, with their ratio; due -> received latency of 1,000 events due
 #      at one instant on an idle host;
 #   2. scripts/import-bench.sh: `kairos import` of IMPORT_USERS users
-#      (default 1,000,000): users/s and events planned/s.
+#      (default 1,000,000): users/s and events planned/s;
+#   3. scripts/ahead-bench.sh: a dry run and a one-year simulation over
+#      AHEAD_USERS users (default 100,000): users/s.
 # Arguments go to the first part: --events N (default 100,000), --calls N,
-# --with-pass. IMPORT_USERS=0 skips the second.
+# --with-pass. IMPORT_USERS=0 skips the second, AHEAD_USERS=0 the third.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -16,4 +18,8 @@ cargo bench -p kairos --bench throughput -- "$@"
 if [ "${IMPORT_USERS:-1000000}" != 0 ]; then
     echo
     scripts/import-bench.sh "${IMPORT_USERS:-1000000}"
+fi
+if [ "${AHEAD_USERS:-100000}" != 0 ]; then
+    echo
+    scripts/ahead-bench.sh "${AHEAD_USERS:-100000}"
 fi
