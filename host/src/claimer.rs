@@ -3,7 +3,8 @@
 //! the next due time unless `LISTEN/NOTIFY` says sooner.
 
 use crate::delivery::Deliverer;
-use crate::lease::{self, Completion};
+use crate::endpoints::Endpoints;
+use crate::lease::{self, Claimed, Completion};
 use crate::plugin::Registry;
 use crate::supervisor::LoopState;
 use futures::StreamExt;
@@ -45,6 +46,8 @@ pub struct Claimer {
     registry: Arc<Registry>,
     settings: ClaimerSettings,
     state: Arc<LoopState>,
+    /// Types whose endpoint is disabled are not claimed (but probed).
+    endpoints: Option<Arc<Endpoints>>,
 }
 
 impl Claimer {
@@ -61,7 +64,15 @@ impl Claimer {
             registry,
             settings,
             state,
+            endpoints: None,
         }
+    }
+
+    /// Leaves out of claims the types whose endpoint is disabled, and probes
+    /// those endpoints.
+    pub fn with_endpoints(mut self, endpoints: Arc<Endpoints>) -> Self {
+        self.endpoints = Some(endpoints);
+        self
     }
 
     /// The types this host can deliver: the only ones it claims.
@@ -69,16 +80,47 @@ impl Claimer {
         self.registry.snapshot().keys().cloned().collect()
     }
 
+    /// The types to claim now (their endpoint is not disabled), and the
+    /// events of the probes this replica won: one due event per disabled
+    /// endpoint per `KAIROS_ENDPOINT_PROBE`, across the fleet.
+    async fn claimable(&self) -> sqlx::Result<(Vec<String>, Vec<Claimed>)> {
+        let types = self.loaded_types();
+        let Some(endpoints) = &self.endpoints else {
+            return Ok((types, Vec::new()));
+        };
+        let (claim, probes) = endpoints.plan_claims(types);
+        let mut probed = Vec::new();
+        for (endpoint, types) in probes {
+            if endpoints.take_probe(&endpoint).await? {
+                let claimed =
+                    lease::claim_due_events(&self.pool, 1, self.settings.lease, &types).await?;
+                if !claimed.is_empty() {
+                    tracing::info!(endpoint, "probing a disabled endpoint with one due event");
+                }
+                probed.extend(claimed);
+            }
+        }
+        Ok((claim, probed))
+    }
+
+    /// Writes a batch of outcomes, then their counts per endpoint.
+    async fn complete(&self, completions: &[Completion]) -> anyhow::Result<()> {
+        complete(&self.pool, self.endpoints.as_deref(), completions).await
+    }
+
     /// One step: claim what is due now, deliver it, record the outcomes.
     /// Returns how many events were claimed. For tests whose point is one step.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
-        let claimed = lease::claim_due_events(
-            &self.pool,
-            self.settings.batch_size,
-            self.settings.lease,
-            &self.loaded_types(),
-        )
-        .await?;
+        let (types, mut claimed) = self.claimable().await?;
+        claimed.extend(
+            lease::claim_due_events(
+                &self.pool,
+                self.settings.batch_size,
+                self.settings.lease,
+                &types,
+            )
+            .await?,
+        );
         let count = claimed.len();
         if count == 0 {
             return Ok(0);
@@ -88,7 +130,7 @@ impl Claimer {
             .buffer_unordered(self.settings.concurrency)
             .collect()
             .await;
-        lease::complete(&self.pool, &completions).await?;
+        self.complete(&completions).await?;
         Ok(count)
     }
 
@@ -104,7 +146,11 @@ impl Claimer {
         let slots = Arc::new(Semaphore::new(settings.concurrency));
         let in_flight: InFlight = Arc::default();
         let (completions_tx, completions_rx) = mpsc::channel(settings.concurrency.max(1) * 2);
-        let completer = tokio::spawn(run_completer(self.pool.clone(), completions_rx));
+        let completer = tokio::spawn(run_completer(
+            self.pool.clone(),
+            self.endpoints.clone(),
+            completions_rx,
+        ));
 
         let rescue_every = (settings.lease / 4).max(Duration::from_millis(100));
         let mut last_rescue: Option<tokio::time::Instant> = None;
@@ -142,13 +188,27 @@ impl Claimer {
                 last_rescue = Some(tokio::time::Instant::now());
             }
 
-            let types = self.loaded_types();
+            let (types, probed) = match self.claimable().await {
+                Ok(claimable) => claimable,
+                Err(error) => {
+                    tracing::error!(%error, "reading which endpoints to claim for failed");
+                    (self.loaded_types(), Vec::new())
+                }
+            };
             let free = slots.available_permits().min(settings.batch_size);
             let mut claimed_full_batch = false;
-            if free >= enough {
-                match lease::claim_due_events(&self.pool, free, settings.lease, &types).await {
+            if free >= enough || !probed.is_empty() {
+                let claim = if free >= enough {
+                    lease::claim_due_events(&self.pool, free, settings.lease, &types).await
+                } else {
+                    Ok(Vec::new())
+                };
+                match claim.map(|mut claimed| {
+                    claimed_full_batch = free >= enough && claimed.len() == free;
+                    claimed.extend(probed);
+                    claimed
+                }) {
                     Ok(claimed) => {
-                        claimed_full_batch = claimed.len() == free;
                         for preparing in self.deliverer.prepare(claimed) {
                             let permit = slots.clone().acquire_owned().await?;
                             let (id, lease_id) = (preparing.event.id, preparing.event.lease_id);
@@ -198,6 +258,14 @@ impl Claimer {
                     }
                 }
             };
+            let probe = self.endpoints.as_ref().and_then(|e| e.until_next_probe());
+            let wait = probe.map_or(wait, |probe| wait.min(probe.max(PROBE_GRANULARITY)));
+            let endpoint_changed = async {
+                match &self.endpoints {
+                    Some(endpoints) => endpoints.changed.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = &mut shutdown => break,
                 () = tokio::time::sleep(wait) => {}
@@ -208,6 +276,7 @@ impl Claimer {
                     }
                 }
                 permits = slots.clone().acquire_many_owned(enough as u32), if free < enough => drop(permits),
+                () = endpoint_changed => {}
             }
         }
 
@@ -247,9 +316,37 @@ const COMPLETION_BATCH: usize = 512;
 /// shows an outcome a few milliseconds later.
 const COMPLETION_LINGER: Duration = Duration::from_millis(5);
 
+/// The shortest wait for a probe that is due: the view of the endpoints
+/// may say a probe is due that another replica has just taken.
+const PROBE_GRANULARITY: Duration = Duration::from_millis(100);
+
+/// Records outcomes (`lease::complete`), then counts the attempts per
+/// endpoint, which may disable or enable one.
+async fn complete(
+    pool: &PgPool,
+    endpoints: Option<&Endpoints>,
+    completions: &[Completion],
+) -> anyhow::Result<()> {
+    lease::complete(pool, completions).await?;
+    if let Some(endpoints) = endpoints {
+        let attempted: Vec<_> = completions
+            .iter()
+            .filter_map(|c| c.attempted.clone())
+            .collect();
+        if let Err(error) = endpoints.record(&attempted).await {
+            tracing::warn!(%error, "counting attempts per endpoint failed");
+        }
+    }
+    Ok(())
+}
+
 /// Writes outcomes in batches: what has arrived within `COMPLETION_LINGER`
 /// of the first, up to `COMPLETION_BATCH` at a time.
-async fn run_completer(pool: PgPool, mut rx: mpsc::Receiver<Completion>) {
+async fn run_completer(
+    pool: PgPool,
+    endpoints: Option<Arc<Endpoints>>,
+    mut rx: mpsc::Receiver<Completion>,
+) {
     let mut batch = Vec::with_capacity(COMPLETION_BATCH);
     while rx.recv_many(&mut batch, COMPLETION_BATCH).await > 0 {
         let until = tokio::time::Instant::now() + COMPLETION_LINGER;
@@ -261,7 +358,7 @@ async fn run_completer(pool: PgPool, mut rx: mpsc::Receiver<Completion>) {
             }
         }
         let completions = std::mem::take(&mut batch);
-        if let Err(error) = lease::complete(&pool, &completions).await {
+        if let Err(error) = complete(&pool, endpoints.as_deref(), &completions).await {
             tracing::error!(
                 error = format!("{error:#}"),
                 "recording delivery outcomes failed; leases will expire and the events be redelivered"

@@ -203,6 +203,14 @@ pub struct Settings {
     /// Longest retry delay.
     #[arg(long, env = "KAIROS_RETRY_MAX", default_value = "1h", value_parser = parse_duration)]
     pub retry_max: Duration,
+    /// An endpoint whose attempts have all failed with retryable errors for
+    /// this long is disabled: its events wait, and it is probed.
+    #[arg(long, env = "KAIROS_ENDPOINT_DISABLE_AFTER", default_value = "5m", value_parser = parse_duration)]
+    pub endpoint_disable_after: Duration,
+    /// A disabled (failing) endpoint gets one due event this often; a
+    /// success enables it again.
+    #[arg(long, env = "KAIROS_ENDPOINT_PROBE", default_value = "1m", value_parser = parse_duration)]
+    pub endpoint_probe: Duration,
     /// How long a claimed event is held before another host may take it back.
     #[arg(long, env = "KAIROS_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub lease: Duration,
@@ -386,6 +394,13 @@ impl Settings {
             max_lateness: self.max_lateness,
             allow: std::sync::Arc::new(self.webhook_allow.clone()),
             plugin_deadline: self.plugin_deadline,
+        }
+    }
+
+    pub fn endpoint_settings(&self) -> crate::endpoints::EndpointSettings {
+        crate::endpoints::EndpointSettings {
+            disable_after: self.endpoint_disable_after,
+            probe: self.endpoint_probe,
         }
     }
 

@@ -3,6 +3,7 @@
 //! occurrence that is over, plan its successor, so that recording a batch of
 //! outcomes (`lease::complete`) runs no plugin.
 
+use crate::endpoints::{Attempted, Contact, Endpoints, endpoint_id};
 use crate::lease::{Claimed, ClaimedEvent, Completion, DeliveryOutcome, Successor};
 use crate::outbound::{self, AllowList};
 use crate::plugin::{LoadedPlugin, Registry, Subject};
@@ -66,6 +67,9 @@ pub struct Deliverer {
     registry: Arc<Registry>,
     client: reqwest::Client,
     settings: DeliverySettings,
+    /// The fleet's endpoints: attempts are counted per endpoint, and an
+    /// event whose endpoint fails everything waits instead of failing.
+    endpoints: Option<Arc<Endpoints>>,
 }
 
 /// Why an attempt failed, and whether another attempt may succeed.
@@ -74,6 +78,9 @@ struct AttemptError {
     retryable: bool,
     /// What the receiver asked for in `Retry-After` (on `429` and `503`).
     retry_after: Option<Duration>,
+    /// What the attempt told about the endpoint; `None` when nothing was
+    /// sent (no message, no URL, a refused address).
+    contact: Option<Contact>,
 }
 
 impl AttemptError {
@@ -82,6 +89,7 @@ impl AttemptError {
             message: message.into(),
             retryable: true,
             retry_after: None,
+            contact: None,
         }
     }
     fn permanent(message: impl Into<String>) -> Self {
@@ -89,6 +97,13 @@ impl AttemptError {
             message: message.into(),
             retryable: false,
             retry_after: None,
+            contact: None,
+        }
+    }
+    fn with_contact(self, contact: Contact) -> Self {
+        Self {
+            contact: Some(contact),
+            ..self
         }
     }
 }
@@ -155,7 +170,15 @@ impl Deliverer {
             registry,
             client,
             settings,
+            endpoints: None,
         }
+    }
+
+    /// Counts attempts per endpoint in `endpoints`, and holds an event
+    /// whose endpoint fails everything rather than failing it.
+    pub fn with_endpoints(mut self, endpoints: Arc<Endpoints>) -> Self {
+        self.endpoints = Some(endpoints);
+        self
     }
 
     /// Makes one delivery attempt for a claimed event and, when its
@@ -225,7 +248,7 @@ impl Deliverer {
     fn unprepared(&self, event: ClaimedEvent, why: &str) -> Completion {
         metrics::delivery_attempt();
         let why = format!("trap: {why}");
-        let outcome = self.after_failure(&event, AttemptError::retryable(why.clone()));
+        let outcome = self.after_failure(&event, AttemptError::retryable(why.clone()), None);
         let successor = if outcome.finishes_occurrence() {
             Successor::Replan { reason: why }
         } else {
@@ -236,12 +259,14 @@ impl Deliverer {
             outcome,
             successor,
             event_type_version: None,
+            attempted: None,
         }
     }
 
     /// Sends a prepared event and decides its outcome.
     async fn send(&self, prepared: Prepared) -> Completion {
         let Prepared { event, work } = prepared;
+        let mut attempted = None;
         let (outcome, successor, event_type_version) = match work {
             Work::Settled(outcome) => (outcome, Successor::NotNeeded, None),
             Work::Attempt {
@@ -253,14 +278,54 @@ impl Deliverer {
                 // The plugin that made the message, even if the type has
                 // been replaced since.
                 let version = message.is_ok().then(|| plugin.info.version.clone());
+                let endpoint = self
+                    .endpoints
+                    .as_ref()
+                    .and_then(|e| Some((e, endpoint_id(e.url_of(&plugin)?))));
                 let outcome = match self.attempt(&event, &plugin, message).await {
                     Ok(()) => {
                         metrics::delivered(
                             (Utc::now() - event.due_at).to_std().unwrap_or_default(),
                         );
+                        if let Some((endpoints, id)) = &endpoint {
+                            endpoints.observe(id, Contact::Success);
+                            attempted = Some(Attempted {
+                                endpoint: id.clone(),
+                                contact: Contact::Success,
+                                error: None,
+                            });
+                        }
                         DeliveryOutcome::Delivered
                     }
-                    Err(error) => self.after_failure(&event, error),
+                    Err(error) => {
+                        let held_by = match (&endpoint, error.contact) {
+                            (Some((endpoints, id)), Some(contact)) => {
+                                endpoints.observe(id, contact);
+                                attempted = Some(Attempted {
+                                    endpoint: id.clone(),
+                                    contact,
+                                    error: Some(error.message.clone()),
+                                });
+                                // Since this event's previous attempt (the
+                                // shortest its retry delay could have been).
+                                let this_round =
+                                    u32::try_from(event.attempts - event.attempts_before_retry)
+                                        .unwrap_or(0);
+                                let gap = self.settings.retry.backoff(this_round.saturating_sub(1));
+                                let since = std::time::Instant::now()
+                                    .checked_sub(gap.mul_f64(0.8))
+                                    .unwrap_or_else(std::time::Instant::now);
+                                (contact == Contact::Down).then(|| {
+                                    (
+                                        endpoints.disabled(id),
+                                        endpoints.failing_everything(id, since),
+                                    )
+                                })
+                            }
+                            _ => None,
+                        };
+                        self.after_failure(&event, error, held_by)
+                    }
                 };
                 let successor = match successor {
                     _ if !outcome.finishes_occurrence() => Successor::NotNeeded,
@@ -291,6 +356,7 @@ impl Deliverer {
             outcome,
             successor,
             event_type_version,
+            attempted,
         }
     }
 
@@ -358,7 +424,8 @@ impl Deliverer {
             // made, and none will be.
             match outbound::refusal_in(&e) {
                 Some(refused) => AttemptError::permanent(refused.to_string()),
-                None => AttemptError::retryable(outbound::describe_send_error(e)),
+                None => AttemptError::retryable(outbound::describe_send_error(e))
+                    .with_contact(Contact::Down),
             }
         })?;
         let status = response.status();
@@ -381,16 +448,41 @@ impl Deliverer {
         if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
             Err(AttemptError {
                 retry_after: asked,
-                ..AttemptError::retryable(message)
+                ..AttemptError::retryable(message).with_contact(Contact::Down)
             })
         } else {
-            Err(AttemptError::permanent(message))
+            Err(AttemptError::permanent(message).with_contact(Contact::Answered))
         }
     }
 
-    fn after_failure(&self, event: &ClaimedEvent, error: AttemptError) -> DeliveryOutcome {
+    /// The outcome of a failed attempt. `endpoint_down` is, for a retryable
+    /// failure at the endpoint, whether it is disabled and whether it fails
+    /// everything: then the event waits, its attempt not spent, rather than
+    /// failing when its retries run out (or being retried while disabled).
+    fn after_failure(
+        &self,
+        event: &ClaimedEvent,
+        error: AttemptError,
+        endpoint_down: Option<(bool, bool)>,
+    ) -> DeliveryOutcome {
         let this_round = u32::try_from(event.attempts - event.attempts_before_retry).unwrap_or(0);
-        if error.retryable && this_round < self.settings.retry.max_attempts {
+        let exhausted = this_round >= self.settings.retry.max_attempts;
+        match endpoint_down {
+            Some((true, _)) => {
+                return DeliveryOutcome::Held {
+                    error: error.message,
+                    run_at: Utc::now(),
+                };
+            }
+            Some((false, true)) if exhausted => {
+                return DeliveryOutcome::Held {
+                    error: error.message,
+                    run_at: Utc::now() + self.settings.retry.delay(this_round, &mut rand::rng()),
+                };
+            }
+            _ => {}
+        }
+        if error.retryable && !exhausted {
             metrics::delivery_retried();
             // The receiver's own `Retry-After` wins over the backoff, up to
             // KAIROS_RETRY_MAX.

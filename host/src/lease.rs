@@ -50,6 +50,12 @@ pub enum DeliveryOutcome {
     /// Not attempted: the type was unloaded here after the claim. The event
     /// goes back to `pending` as it was, for a replica that has the type.
     Released,
+    /// Its endpoint fails everything (or is disabled): the event waits,
+    /// `pending` again at `run_at` with this attempt not counted.
+    Held {
+        error: String,
+        run_at: DateTime<Utc>,
+    },
 }
 
 impl DeliveryOutcome {
@@ -85,6 +91,8 @@ pub struct Completion {
     /// (the body's `event_type_version`), stored on the event; `None` when
     /// the attempt got no message, which leaves the stored one as it was.
     pub event_type_version: Option<String>,
+    /// What the attempt told about its endpoint; `None` when nothing was sent.
+    pub attempted: Option<crate::endpoints::Attempted>,
 }
 
 /// A claimed event with its user as the claim read them: everything a
@@ -274,7 +282,7 @@ const FINISH: &str = "WITH c AS ( \
 /// Records outcomes that leave an event pending (retried, given back).
 const AGAIN: &str = "UPDATE events e SET \
         status = 'pending', \
-        attempts = e.attempts - (c.status = 'released')::int, \
+        attempts = e.attempts - (c.status IN ('released', 'held'))::int, \
         last_error = CASE WHEN c.status = 'released' THEN e.last_error ELSE c.error END, \
         run_at = coalesce(c.run_at, e.run_at), \
         event_type_version = coalesce(c.version, e.event_type_version), \
@@ -311,8 +319,11 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
             DeliveryOutcome::Failed { error } => ("failed", Some(error.as_str()), None),
             DeliveryOutcome::Cancelled { reason } => ("cancelled", Some(reason.as_str()), None),
             DeliveryOutcome::Released => ("released", None, None),
+            DeliveryOutcome::Held { error, run_at } => {
+                ("held", Some(error.as_str()), Some(*run_at))
+            }
         };
-        let into = if matches!(status, "pending" | "released") {
+        let into = if matches!(status, "pending" | "released" | "held") {
             &mut again
         } else {
             &mut finished

@@ -17,6 +17,7 @@ pub mod claimer;
 pub mod config;
 pub mod delivery;
 pub mod embedded_pg;
+pub mod endpoints;
 pub mod event_types;
 pub mod fleet;
 pub mod http;

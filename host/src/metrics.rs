@@ -79,6 +79,10 @@ fn describe() {
     );
     describe_counter!("kairos_events_failed_total", "Events given up on.");
     describe_counter!(
+        "kairos_endpoint_state_changes_total",
+        "Endpoints disabled or enabled (label to), by this replica."
+    );
+    describe_counter!(
         "kairos_plugin_failures_total",
         "Plugin calls that trapped, hit a limit or returned an error."
     );
@@ -117,6 +121,12 @@ pub fn delivery_retried() {
 pub fn delivery_failed() {
     counter!("kairos_events_failed_total").increment(1);
 }
+/// An endpoint was disabled (`true`) or enabled.
+pub fn endpoint_changed(endpoint: &str, disabled: bool) {
+    counter!("kairos_endpoint_state_changes_total", "endpoint" => endpoint.to_string(),
+        "to" => if disabled { "disabled" } else { "active" })
+    .increment(1);
+}
 pub fn webhook_duration(took: Duration) {
     histogram!("kairos_webhook_duration_seconds").record(took.as_secs_f64());
 }
@@ -150,6 +160,8 @@ pub struct Queue {
     pub live_estimate: i64,
     /// (user, event type) pairs waiting to be planned again, by type.
     pub unplanned: BTreeMap<String, i64>,
+    /// Each endpoint: (id, disabled, events waiting for it).
+    pub endpoints: Vec<(String, bool, i64)>,
 }
 
 /// The most due events a scrape counts: beyond it the backlog is "at least".
@@ -217,6 +229,22 @@ pub fn render<'a>(
         }
         for (event_type, count) in &queue.unplanned {
             gauge!("kairos_unplanned", "event_type" => event_type.clone()).set(*count as f64);
+        }
+        describe_gauge!(
+            "kairos_endpoint_disabled",
+            "1 while an endpoint is disabled (by the host or by hand): its events wait."
+        );
+        describe_gauge!(
+            "kairos_endpoint_waiting",
+            "Pending events held for a disabled endpoint."
+        );
+        for (endpoint, disabled, waiting) in &queue.endpoints {
+            gauge!("kairos_endpoint_disabled", "endpoint" => endpoint.clone()).set(if *disabled {
+                1.0
+            } else {
+                0.0
+            });
+            gauge!("kairos_endpoint_waiting", "endpoint" => endpoint.clone()).set(*waiting as f64);
         }
         gauge!("kairos_events_due").set(queue.due as f64);
         gauge!("kairos_events_live_estimate").set(queue.live_estimate as f64);

@@ -6,6 +6,7 @@ use crate::claimer::Claimer;
 use crate::config::Settings;
 use crate::delivery::Deliverer;
 use crate::embedded_pg::EmbeddedPostgres;
+use crate::endpoints::Endpoints;
 use crate::event_types::{EventTypes, FleetSettings};
 use crate::http::{self, AppState};
 use crate::outbound::{self, AllowList};
@@ -29,6 +30,7 @@ pub struct Application {
     claimer_state: Arc<LoopState>,
     replanner_state: Arc<LoopState>,
     follower_state: Arc<LoopState>,
+    endpoints_state: Arc<LoopState>,
     /// Kept so the embedded cluster stops when the application is dropped.
     embedded: Option<EmbeddedPostgres>,
     /// Kept so the plugin directory stays watched while the application runs.
@@ -104,11 +106,20 @@ impl Application {
             .connect_timeout(settings.http_timeout)
             .user_agent(concat!("kairos/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let deliverer = Arc::new(Deliverer::new(
+        let endpoints = Arc::new(Endpoints::new(
+            pool.clone(),
             registry.clone(),
-            client,
-            settings.delivery(),
+            settings.webhook_url.clone(),
+            settings.endpoint_settings(),
         ));
+        endpoints
+            .refresh()
+            .await
+            .context("reading the fleet's endpoints")?;
+        let deliverer = Arc::new(
+            Deliverer::new(registry.clone(), client, settings.delivery())
+                .with_endpoints(endpoints.clone()),
+        );
         let tokens = http::auth::Tokens::new(
             settings.admin_token.as_deref(),
             settings.api_tokens.as_deref(),
@@ -122,11 +133,12 @@ impl Application {
         let claimer_state = Arc::new(LoopState::new("claimer"));
         let replanner_state = Arc::new(LoopState::new("replanner"));
         let follower_state = Arc::new(LoopState::new("follower"));
+        let endpoints_state = Arc::new(LoopState::new("endpoints"));
         let mut loops = Vec::new();
         if settings.claimer {
             loops.extend([claimer_state.clone(), replanner_state.clone()]);
         }
-        loops.push(follower_state.clone());
+        loops.extend([follower_state.clone(), endpoints_state.clone()]);
         Ok(Self {
             state: AppState {
                 pool,
@@ -135,11 +147,13 @@ impl Application {
                 tokens: Arc::new(tokens),
                 loops: loops.into(),
                 webhook_allow: allow,
+                endpoints,
             },
             deliverer,
             claimer_state,
             replanner_state,
             follower_state,
+            endpoints_state,
             listener,
             settings,
             embedded,
@@ -170,6 +184,7 @@ impl Application {
             self.settings.claimer_settings(),
             self.claimer_state.clone(),
         )
+        .with_endpoints(self.state.endpoints.clone())
     }
 
     /// The claimer's supervised state (`/ready` reads it).
@@ -217,6 +232,12 @@ impl Application {
         loops.push(tokio::spawn(supervisor::supervise(
             self.follower_state.clone(),
             move || event_types.clone().follow(wait_stop(rx.clone())),
+            stop_rx.clone(),
+        )));
+        let (endpoints, rx) = (self.state.endpoints.clone(), stop_rx.clone());
+        loops.push(tokio::spawn(supervisor::supervise(
+            self.endpoints_state.clone(),
+            move || endpoints.clone().run(wait_stop(rx.clone())),
             stop_rx.clone(),
         )));
         tracing::info!(addr = %self.local_addr(), "kairos is serving");

@@ -4,8 +4,8 @@
 //! point is one step (a claim, a lease) drives that step itself.
 
 use crate::helpers::{
-    SECRET, TestApp, ada, plugin_dir_with_birthday, plugin_wasm, spawn_app, spawn_app_on,
-    spawn_app_with,
+    SECRET, TestApp, ada, eventually, plugin_dir_with_birthday, plugin_wasm, spawn_app,
+    spawn_app_on, spawn_app_with,
 };
 use kairos::lease::{self, claim_due_events, release_expired_leases};
 use kairos::signing;
@@ -306,12 +306,37 @@ async fn a_client_error_fails_the_event_at_once() {
 
 #[tokio::test]
 async fn exhausted_attempts_fail_and_a_manual_retry_grants_a_fresh_round() {
-    let app = running_app().await; // max_attempts = 3
-    app.receiver.respond_with(&[500, 500, 500, 500]);
+    // max_attempts = 3, retries 2 s apart (±20 %): Ada's attempts at about
+    // 0, 2 and 4 s. Bob is due at 2.8 s and accepted, so the receiver is
+    // seen refusing Ada while it accepts others: her last attempt fails her
+    // event (a receiver that failed everything would hold it instead).
+    let app = spawn_app_with(|s| {
+        s.claimer = true;
+        s.retry_base = Duration::from_secs(2);
+        s.retry_max = Duration::from_secs(2);
+    })
+    .await;
+    app.receiver.respond_with(&[500, 500, 200, 500, 500]);
     let (_, event_id) = app.ada_with_event().await;
+    let mut bob = ada();
+    bob["first_name"] = json!("Bob");
+    let bob = app.create_user(&bob).await;
+    let bob_event = app.events_of(bob["id"].as_str().unwrap()).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sqlx::query(
+        "UPDATE events SET due_at = now() + interval '2.8 seconds', \
+         run_at = now() + interval '2.8 seconds' WHERE id = $1",
+    )
+    .bind(uuid::Uuid::parse_str(&bob_event).unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
     app.make_due(&event_id).await;
     let failed = app.wait_for_status(&event_id, "failed").await;
     assert_eq!(failed["attempts"], 3);
+    assert_eq!(app.event(&bob_event).await["status"], "delivered");
 
     // Retrying anything but a failed event is refused.
     let other = app
@@ -338,7 +363,7 @@ async fn exhausted_attempts_fail_and_a_manual_retry_grants_a_fresh_round() {
     // One more 500 is within the fresh round, then success.
     let done = app.wait_for_status(&event_id, "delivered").await;
     assert_eq!(done["attempts"], 5);
-    assert_eq!(app.receiver.received().len(), 5);
+    assert_eq!(app.receiver.received().len(), 6, "Ada's five and Bob's one");
     let again = app
         .post_json(&format!("/events/{event_id}/retry"), &json!({}))
         .await;
@@ -360,8 +385,25 @@ async fn connection_errors_are_retried_and_kept_without_the_urls_secrets() {
     .await;
     let (_, event_id) = app.ada_with_event().await;
     app.make_due(&event_id).await;
-    let event = app.wait_for_status(&event_id, "failed").await;
-    assert_eq!(event["attempts"], 3, "retried up to the limit: {event}");
+    // Retried up to the limit and on: nothing but connection errors is an
+    // endpoint that fails everything, whose events wait instead of failing
+    // (a fourth attempt is made, the third not counted).
+    eventually(
+        "a fourth failed attempt",
+        Duration::from_secs(10),
+        || async {
+            let failures: Option<i64> =
+                sqlx::query_scalar("SELECT max(consecutive_failures) FROM endpoints")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            failures.unwrap_or(0) >= 4
+        },
+    )
+    .await;
+    let event = app.event(&event_id).await;
+    assert_ne!(event["status"], "failed", "{event}");
+    assert!(event["attempts"].as_i64().unwrap() <= 3, "{event}");
     let error = event["last_error"].as_str().unwrap();
     assert!(error.starts_with("connection error"), "{error}");
     for secret in ["s3cret", "abc123", "token", "user:"] {

@@ -363,6 +363,7 @@ pub struct TestApp {
     pub deliverer: Arc<Deliverer>,
     pub registry: Arc<Registry>,
     pub event_types: Arc<EventTypes>,
+    pub endpoints: Arc<kairos::endpoints::Endpoints>,
     /// The supervised claimer's state (fault injection, restarts).
     pub claimer_state: Arc<LoopState>,
     claimer: Claimer,
@@ -432,6 +433,7 @@ pub async fn spawn_app_on(settings: Settings, receiver: Receiver) -> TestApp {
     let deliverer = app.deliverer();
     let registry = app.state().registry.clone();
     let event_types = app.state().event_types.clone();
+    let endpoints = app.state().endpoints.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = rx.await;
@@ -449,6 +451,7 @@ pub async fn spawn_app_on(settings: Settings, receiver: Receiver) -> TestApp {
         deliverer,
         registry,
         event_types,
+        endpoints,
         claimer_state,
         claimer,
         replanner,

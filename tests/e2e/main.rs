@@ -7,6 +7,7 @@ mod ahead;
 mod api;
 mod delivery;
 mod embedded;
+mod endpoints;
 mod event_types;
 mod fleet;
 mod helpers;

@@ -15,7 +15,7 @@ enum Kind {
 }
 
 /// Every route the host serves: method, path template, who may call it.
-const ROUTES: [(&str, &str, Kind); 18] = [
+const ROUTES: [(&str, &str, Kind); 21] = [
     ("get", "/users", Kind::Client),
     ("post", "/users", Kind::Client),
     ("get", "/users/{id}", Kind::Client),
@@ -30,6 +30,9 @@ const ROUTES: [(&str, &str, Kind); 18] = [
     ("get", "/event-types/{name}", Kind::Open),
     ("put", "/event-types/{name}", Kind::Admin),
     ("delete", "/event-types/{name}", Kind::Admin),
+    ("get", "/endpoints", Kind::Admin),
+    ("post", "/endpoints/{id}/enable", Kind::Admin),
+    ("post", "/endpoints/{id}/disable", Kind::Admin),
     ("get", "/health", Kind::Open),
     ("get", "/ready", Kind::Open),
     ("get", "/metrics", Kind::Open),

@@ -1,6 +1,7 @@
 //! The REST API: one router per resource, sharing `AppState`.
 
 pub mod auth;
+mod endpoints;
 mod error;
 pub mod event_types;
 mod events;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub loops: Arc<[Arc<LoopState>]>,
     /// Where webhooks may go: a type's `webhook_url` is checked against it.
     pub webhook_allow: Arc<crate::outbound::AllowList>,
+    /// The fleet's endpoints and their health.
+    pub endpoints: Arc<crate::endpoints::Endpoints>,
 }
 
 impl AppState {
@@ -66,6 +69,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(client)
         .merge(event_types::router(&state))
+        .merge(endpoints::router(&state))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -186,6 +190,13 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
         due,
         live_estimate,
         unplanned: crate::replan::waiting_by_type(&state.pool).await?,
+        endpoints: state
+            .endpoints
+            .list()
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e.state == "disabled", e.waiting))
+            .collect(),
     };
     let snapshot = state.registry.snapshot();
     Ok((

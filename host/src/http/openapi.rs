@@ -3,7 +3,7 @@
 //! they take and answer.
 
 use super::error::ErrorBody;
-use super::{event_types, events, simulate, users};
+use super::{endpoints, event_types, events, simulate, users};
 use axum::http::header;
 use axum::response::IntoResponse;
 use std::sync::LazyLock;
@@ -40,6 +40,9 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         event_types::show,
         event_types::upload,
         event_types::unload,
+        endpoints::list,
+        endpoints::enable,
+        endpoints::disable,
         super::health,
         super::ready,
         super::metrics,
@@ -52,6 +55,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         (name = "events", description = "Scheduled events (client routes)"),
         (name = "simulate", description = "Every message the loaded types would send in a window (client routes)"),
         (name = "event-types", description = "Loaded event types: listing is open, changes take the admin token"),
+        (name = "endpoints", description = "Where webhooks go, and their health (admin routes)"),
         (name = "operations", description = "Probes, metrics and this document (open routes)"),
     )
 )]

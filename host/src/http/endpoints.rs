@@ -1,0 +1,86 @@
+//! `/endpoints` (admin token): the webhook URLs events go to, with their
+//! health, and enabling or disabling one by hand. See `crate::endpoints`.
+
+use super::error::{ApiError, ErrorBody};
+use super::json::ValidPath;
+use super::{AppState, auth};
+use crate::endpoints::Endpoint;
+use axum::extract::State;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+pub fn router(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/endpoints", get(list))
+        .route("/endpoints/{id}/enable", post(enable))
+        .route("/endpoints/{id}/disable", post(disable))
+        .route_layer(from_fn_with_state(state.clone(), auth::admin))
+}
+
+#[utoipa::path(
+    get,
+    path = "/endpoints",
+    tag = "endpoints",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every endpoint the fleet has sent to or will send to", body = Vec<Endpoint>),
+        (status = 401, description = "No admin token, or a wrong one", body = ErrorBody),
+        (status = 403, description = "A client token: this route takes the admin token", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Endpoint>>, ApiError> {
+    Ok(Json(state.endpoints.list().await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/endpoints/{id}/enable",
+    tag = "endpoints",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The endpoint's id, as GET /endpoints lists it")),
+    responses(
+        (status = 200, description = "Enabled (or already active); its waiting events go out in due order", body = Endpoint),
+        (status = 401, description = "No admin token, or a wrong one", body = ErrorBody),
+        (status = 403, description = "A client token: this route takes the admin token", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn enable(
+    State(state): State<AppState>,
+    ValidPath(id): ValidPath<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    by_hand(&state, &id, true).await
+}
+
+#[utoipa::path(
+    post,
+    path = "/endpoints/{id}/disable",
+    tag = "endpoints",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The endpoint's id, as GET /endpoints lists it")),
+    responses(
+        (status = 200, description = "Disabled by hand: its events wait, it is not probed, until enabled by hand", body = Endpoint),
+        (status = 401, description = "No admin token, or a wrong one", body = ErrorBody),
+        (status = 403, description = "A client token: this route takes the admin token", body = ErrorBody),
+        (status = 404, description = "No such endpoint", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn disable(
+    State(state): State<AppState>,
+    ValidPath(id): ValidPath<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    by_hand(&state, &id, false).await
+}
+
+async fn by_hand(state: &AppState, id: &str, enable: bool) -> Result<Json<Endpoint>, ApiError> {
+    state
+        .endpoints
+        .set_by_hand(id, enable)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("endpoint"))
+}

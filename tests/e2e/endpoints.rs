@@ -1,0 +1,226 @@
+//! Endpoints: a receiver that goes down loses nothing and needs no one. Its
+//! events wait instead of failing, it is probed once per interval, and when
+//! it answers again its events go out in due order; an operator's disable
+//! holds events on every replica until enabled.
+
+use crate::helpers::{ADMIN_TOKEN, Received, TestApp, eventually, spawn_app_on, spawn_app_with};
+use kairos::config::Settings;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Short knobs: disabled after 1 s of failures, one probe per second.
+fn short_knobs(s: &mut Settings) {
+    s.claimer = true;
+    s.concurrency = 1;
+    s.idle_poll = Duration::from_millis(200);
+    s.endpoint_disable_after = Duration::from_secs(1);
+    s.endpoint_probe = Duration::from_secs(1);
+}
+
+async fn endpoints(app: &TestApp) -> Vec<Value> {
+    let response = app
+        .http
+        .get(app.url("/endpoints"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+async fn by_hand(app: &TestApp, id: &str, action: &str) -> Value {
+    let response = app
+        .http
+        .post(app.url(&format!("/endpoints/{id}/{action}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{action}");
+    response.json().await.unwrap()
+}
+
+/// `n` users whose birthday events are due, a second apart, the earliest
+/// `n` seconds ago; returns the event ids in due order.
+async fn due_events(app: &TestApp, n: usize) -> Vec<String> {
+    for i in 0..n {
+        app.create_user(&json!({
+            "first_name": format!("Due{i}"), "last_name": "Endpoint", "timezone": "UTC",
+            "dates": {"birthday": "1990-01-15"},
+        }))
+        .await;
+    }
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "UPDATE events e SET due_at = now() - n * interval '1 second', \
+             run_at = now() - n * interval '1 second' \
+         FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM events) o \
+         WHERE e.id = o.id RETURNING e.id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(ids.len(), n);
+    let ordered: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM events ORDER BY due_at, id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    app.wake_claimers().await;
+    ordered.iter().map(|id| id.to_string()).collect()
+}
+
+async fn failed_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status = 'failed'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+fn delivered_ids(received: &[Received]) -> Vec<String> {
+    received
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.body["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_receiver_down_for_a_while_loses_nothing_and_gets_its_events_in_due_order() {
+    let app = spawn_app_with(short_knobs).await;
+    app.receiver.start_outage(503, None);
+    let due = due_events(&app, 6).await;
+
+    // Every attempt fails: retries run out, yet nothing fails; the endpoint
+    // is disabled with its events waiting.
+    eventually(
+        "the endpoint to be disabled",
+        Duration::from_secs(20),
+        || async {
+            endpoints(&app)
+                .await
+                .iter()
+                .any(|e| e["state"] == "disabled")
+        },
+    )
+    .await;
+    let endpoint = endpoints(&app).await.remove(0);
+    assert_eq!(endpoint["disabled_reason"], "failing", "{endpoint}");
+    assert_eq!(endpoint["waiting"], 6, "{endpoint}");
+    assert!(
+        endpoint["last_error"].as_str().unwrap().contains("503"),
+        "{endpoint}"
+    );
+    assert_eq!(endpoint["event_types"], json!(["birthday"]));
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let id = endpoint["id"].as_str().unwrap().to_string();
+    assert!(
+        metrics.contains(&format!("kairos_endpoint_disabled{{endpoint=\"{id}\"}} 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("kairos_endpoint_waiting{{endpoint=\"{id}\"}} 6")),
+        "{metrics}"
+    );
+
+    // While disabled: at most one probe per second.
+    let (start, before) = (Instant::now(), app.receiver.received().len());
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let probes = app.receiver.received().len() - before;
+    let allowed = (start.elapsed().as_secs_f64() / 1.0).floor() as usize + 1;
+    assert!(
+        probes <= allowed,
+        "{probes} requests in {:?}",
+        start.elapsed()
+    );
+    assert!(probes >= 1, "no probe in {:?}", start.elapsed());
+    assert_eq!(failed_count(&app).await, 0);
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempts FROM events")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        attempts.iter().all(|a| *a <= 3),
+        "attempts spent while disabled: {attempts:?}"
+    );
+
+    // It recovers: the next probe enables it, every event is delivered, the
+    // ones after the probe in due order, and nothing failed.
+    app.receiver.end_outage();
+    eventually(
+        "every event to be delivered",
+        Duration::from_secs(20),
+        || async { delivered_ids(&app.receiver.received()).len() == 6 },
+    )
+    .await;
+    let delivered = delivered_ids(&app.receiver.received());
+    let mut after_probe: Vec<String> = due
+        .iter()
+        .filter(|id| **id != delivered[0])
+        .cloned()
+        .collect();
+    after_probe.retain(|id| delivered.contains(id));
+    assert_eq!(delivered[1..], after_probe[..], "due order: {due:?}");
+    assert_eq!(failed_count(&app).await, 0);
+    let endpoint = endpoints(&app).await.remove(0);
+    assert_eq!(endpoint["state"], "active", "{endpoint}");
+    assert!(endpoint["disabled_reason"].is_null());
+    assert_eq!(endpoint["consecutive_failures"], 0);
+    assert!(endpoint["last_success_at"].is_string());
+}
+
+#[tokio::test]
+async fn a_disable_by_hand_holds_events_on_every_replica_until_enabled() {
+    let a = spawn_app_with(|s| {
+        short_knobs(s);
+        s.claimer = false;
+    })
+    .await;
+    let mut b_settings = a.settings.clone();
+    b_settings.data_dir = b_settings.data_dir.with_extension("b");
+    let b = spawn_app_on(b_settings, a.receiver.clone()).await;
+    let id = endpoints(&a).await[0]["id"].as_str().unwrap().to_string();
+
+    let disabled = by_hand(&a, &id, "disable").await;
+    assert_eq!(disabled["state"], "disabled");
+    assert_eq!(disabled["disabled_reason"], "manual");
+    let due = due_events(&a, 3).await;
+    // Within 2 s, B's view says disabled: neither replica claims anything,
+    // and a disabled-by-hand endpoint is not probed.
+    eventually(
+        "B to see the endpoint disabled",
+        Duration::from_secs(2),
+        || async { b.endpoints.disabled(&id) },
+    )
+    .await;
+    for app in [&a, &b] {
+        assert_eq!(app.run_claimer_once().await, 0);
+    }
+    assert!(a.receiver.received().is_empty());
+    assert_eq!(endpoints(&b).await[0]["waiting"], 3);
+
+    // Enabled through B: A delivers them, in due order.
+    let enabled = by_hand(&b, &id, "enable").await;
+    assert_eq!(enabled["state"], "active");
+    eventually(
+        "A to see the endpoint enabled",
+        Duration::from_secs(2),
+        || async { !a.endpoints.disabled(&id) },
+    )
+    .await;
+    assert_eq!(a.run_claimer_once().await, 3);
+    let received = a.receiver.wait_for(3, Duration::from_secs(10)).await;
+    let mut delivered = delivered_ids(&received);
+    delivered.sort_by_key(|id| due.iter().position(|d| d == id));
+    assert_eq!(delivered, due);
+
+    let response = a
+        .http
+        .post(a.url("/endpoints/0000000000000000/enable"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = a.http.get(a.url("/endpoints")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+}
