@@ -17,7 +17,13 @@ CREATE TABLE endpoints (
     last_error           text,
     -- When the next probe of a failing endpoint may be sent (one replica wins it).
     next_probe_at        timestamptz,
+    -- A fleet-wide cap on deliveries per second: a token bucket of one
+    -- second's worth, filled at `rate_per_s`, that every replica takes from.
     rate_per_s           double precision CHECK (rate_per_s > 0),
+    tokens               double precision NOT NULL DEFAULT 0,
+    tokens_at            timestamptz NOT NULL DEFAULT now(),
+    -- A receiver's `Retry-After` pauses the whole endpoint until then.
+    paused_until         timestamptz,
     changed_at           timestamptz NOT NULL DEFAULT now(),
     created_at           timestamptz NOT NULL DEFAULT now(),
     CHECK ((state = 'disabled') = (disabled_reason IS NOT NULL))

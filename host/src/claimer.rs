@@ -80,27 +80,64 @@ impl Claimer {
         self.registry.snapshot().keys().cloned().collect()
     }
 
-    /// The types to claim now (their endpoint is not disabled), and the
-    /// events of the probes this replica won: one due event per disabled
-    /// endpoint per `KAIROS_ENDPOINT_PROBE`, across the fleet.
-    async fn claimable(&self) -> sqlx::Result<(Vec<String>, Vec<Claimed>)> {
+    /// What to claim now, from what each type's endpoint allows: the types
+    /// claimed as usual (endpoint neither disabled, paused nor rate-limited),
+    /// and events already claimed here: the probes this replica won (one
+    /// due event per disabled endpoint per `KAIROS_ENDPOINT_PROBE`, across
+    /// the fleet) and, for each rate-limited endpoint, as many as the
+    /// tokens it took from the fleet's bucket, within `room` in all.
+    async fn claimable(&self, room: usize) -> sqlx::Result<Claimable> {
         let types = self.loaded_types();
         let Some(endpoints) = &self.endpoints else {
-            return Ok((types, Vec::new()));
+            return Ok(Claimable {
+                wait_types: types.clone(),
+                types,
+                ..Claimable::default()
+            });
         };
-        let (claim, probes) = endpoints.plan_claims(types);
-        let mut probed = Vec::new();
-        for (endpoint, types) in probes {
+        let plan = endpoints.plan_claims(types);
+        let mut claimable = Claimable {
+            wait_types: plan.claim.clone(),
+            types: plan.claim,
+            claimed: Vec::new(),
+            wake_in: plan.next_change,
+        };
+        for (endpoint, types) in plan.probes {
             if endpoints.take_probe(&endpoint).await? {
                 let claimed =
                     lease::claim_due_events(&self.pool, 1, self.settings.lease, &types).await?;
                 if !claimed.is_empty() {
                     tracing::info!(endpoint, "probing a disabled endpoint with one due event");
                 }
-                probed.extend(claimed);
+                claimable.claimed.extend(claimed);
             }
         }
-        Ok((claim, probed))
+        for (endpoint, rate, types) in plan.limited {
+            let room = room.saturating_sub(claimable.claimed.len());
+            let granted = if room > 0 {
+                endpoints.take_tokens(&endpoint, room).await?
+            } else {
+                0
+            };
+            let claimed = if granted > 0 {
+                lease::claim_due_events(&self.pool, granted, self.settings.lease, &types).await?
+            } else {
+                Vec::new()
+            };
+            endpoints
+                .return_tokens(&endpoint, granted - claimed.len())
+                .await?;
+            if claimed.len() == granted {
+                // Out of tokens (or of room): more may be due; the bucket
+                // has another token in 1/rate.
+                let next = Duration::from_secs_f64(1.0 / rate).max(PROBE_GRANULARITY / 5);
+                claimable.wake_in = Some(claimable.wake_in.map_or(next, |w| w.min(next)));
+            } else {
+                claimable.wait_types.extend(types);
+            }
+            claimable.claimed.extend(claimed);
+        }
+        Ok(claimable)
     }
 
     /// Writes a batch of outcomes, then their counts per endpoint.
@@ -111,16 +148,15 @@ impl Claimer {
     /// One step: claim what is due now, deliver it, record the outcomes.
     /// Returns how many events were claimed. For tests whose point is one step.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
-        let (types, mut claimed) = self.claimable().await?;
-        claimed.extend(
-            lease::claim_due_events(
-                &self.pool,
-                self.settings.batch_size,
-                self.settings.lease,
-                &types,
-            )
-            .await?,
-        );
+        let Claimable {
+            types, mut claimed, ..
+        } = self.claimable(self.settings.batch_size).await?;
+        let room = self.settings.batch_size.saturating_sub(claimed.len());
+        if room > 0 {
+            claimed.extend(
+                lease::claim_due_events(&self.pool, room, self.settings.lease, &types).await?,
+            );
+        }
         let count = claimed.len();
         if count == 0 {
             return Ok(0);
@@ -188,24 +224,34 @@ impl Claimer {
                 last_rescue = Some(tokio::time::Instant::now());
             }
 
-            let (types, probed) = match self.claimable().await {
+            let free = slots.available_permits().min(settings.batch_size);
+            let room = if free >= enough { free } else { 0 };
+            let Claimable {
+                types,
+                wait_types,
+                claimed: early,
+                wake_in,
+            } = match self.claimable(room).await {
                 Ok(claimable) => claimable,
                 Err(error) => {
-                    tracing::error!(%error, "reading which endpoints to claim for failed");
-                    (self.loaded_types(), Vec::new())
+                    tracing::error!(%error, "claiming for endpoints (probes, rates) failed");
+                    Claimable {
+                        wait_types: self.loaded_types(),
+                        ..Claimable::default()
+                    }
                 }
             };
-            let free = slots.available_permits().min(settings.batch_size);
+            let room = room.saturating_sub(early.len());
             let mut claimed_full_batch = false;
-            if free >= enough || !probed.is_empty() {
-                let claim = if free >= enough {
-                    lease::claim_due_events(&self.pool, free, settings.lease, &types).await
+            if room > 0 || !early.is_empty() {
+                let claim = if room > 0 {
+                    lease::claim_due_events(&self.pool, room, settings.lease, &types).await
                 } else {
                     Ok(Vec::new())
                 };
                 match claim.map(|mut claimed| {
-                    claimed_full_batch = free >= enough && claimed.len() == free;
-                    claimed.extend(probed);
+                    claimed_full_batch = room > 0 && claimed.len() == room;
+                    claimed.extend(early);
                     claimed
                 }) {
                     Ok(claimed) => {
@@ -249,7 +295,7 @@ impl Claimer {
             let wait = if free < enough {
                 settings.idle_poll
             } else {
-                match lease::time_until_next_run(&self.pool, &types).await {
+                match lease::time_until_next_run(&self.pool, &wait_types).await {
                     Ok(Some(next)) => next.min(settings.idle_poll),
                     Ok(None) => settings.idle_poll,
                     Err(error) => {
@@ -258,8 +304,7 @@ impl Claimer {
                     }
                 }
             };
-            let probe = self.endpoints.as_ref().and_then(|e| e.until_next_probe());
-            let wait = probe.map_or(wait, |probe| wait.min(probe.max(PROBE_GRANULARITY)));
+            let wait = wake_in.map_or(wait, |w| wait.min(w.max(PROBE_GRANULARITY / 5)));
             let endpoint_changed = async {
                 match &self.endpoints {
                     Some(endpoints) => endpoints.changed.notified().await,
@@ -316,9 +361,24 @@ const COMPLETION_BATCH: usize = 512;
 /// shows an outcome a few milliseconds later.
 const COMPLETION_LINGER: Duration = Duration::from_millis(5);
 
-/// The shortest wait for a probe that is due: the view of the endpoints
-/// may say a probe is due that another replica has just taken.
+/// Five times the shortest wait for an endpoint's change (a probe due, a
+/// pause over, a token in a bucket): the view may say a probe is due that
+/// another replica has just taken.
 const PROBE_GRANULARITY: Duration = Duration::from_millis(100);
+
+/// What `Claimer::claimable` found.
+#[derive(Default)]
+struct Claimable {
+    /// Types to claim as usual.
+    types: Vec<String>,
+    /// Types whose next due time wakes the claimer (rate-limited ones out
+    /// of tokens wake it by `wake_in` instead).
+    wait_types: Vec<String>,
+    /// Events claimed already: probes and rate-limited endpoints' share.
+    claimed: Vec<Claimed>,
+    /// When an endpoint's state next allows more.
+    wake_in: Option<Duration>,
+}
 
 /// Records outcomes (`lease::complete`), then counts the attempts per
 /// endpoint, which may disable or enable one.

@@ -282,7 +282,25 @@ impl Deliverer {
                     .endpoints
                     .as_ref()
                     .and_then(|e| Some((e, endpoint_id(e.url_of(&plugin)?))));
-                let outcome = match self.attempt(&event, &plugin, message).await {
+                let paused = endpoint
+                    .as_ref()
+                    .and_then(|(endpoints, id)| endpoints.paused_until(id));
+                let result = match paused {
+                    // The receiver asked for a pause: not sent, not counted.
+                    Some(until) => Err(AttemptError::retryable(format!(
+                        "held: the endpoint asked for a pause (Retry-After) until {until}"
+                    ))),
+                    None => self.attempt(&event, &plugin, message).await,
+                };
+                if let (Err(error), Some((endpoints, id))) = (&result, &endpoint)
+                    && let (Some(asked), Some(Contact::Down)) = (error.retry_after, error.contact)
+                    && let Err(db) = endpoints
+                        .pause(id, asked.min(self.settings.retry.max))
+                        .await
+                {
+                    tracing::warn!(error = %db, "recording an endpoint's pause failed");
+                }
+                let outcome = match result {
                     Ok(()) => {
                         metrics::delivered(
                             (Utc::now() - event.due_at).to_std().unwrap_or_default(),
@@ -324,7 +342,13 @@ impl Deliverer {
                             }
                             _ => None,
                         };
-                        self.after_failure(&event, error, held_by)
+                        match paused {
+                            Some(until) => DeliveryOutcome::Held {
+                                error: error.message,
+                                run_at: until,
+                            },
+                            None => self.after_failure(&event, error, held_by),
+                        }
                     }
                 };
                 let successor = match successor {

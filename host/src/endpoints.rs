@@ -64,6 +64,22 @@ struct View {
     disabled: bool,
     reason: Option<String>,
     next_probe_at: Option<DateTime<Utc>>,
+    paused_until: Option<DateTime<Utc>>,
+    rate_per_s: Option<f64>,
+}
+
+/// What the claimer is to do with the types loaded here, from the view.
+#[derive(Debug, Default)]
+pub struct ClaimPlan {
+    /// Types claimed as usual.
+    pub claim: Vec<String>,
+    /// Disabled (failing) endpoints due a probe, with their types.
+    pub probes: Vec<(String, Vec<String>)>,
+    /// Rate-limited endpoints, with their rate and types: claimed within
+    /// the tokens taken from the fleet's bucket.
+    pub limited: Vec<(String, f64, Vec<String>)>,
+    /// When a pause ends or a probe is due next: the claimer wakes then.
+    pub next_change: Option<Duration>,
 }
 
 /// An endpoint as `GET /endpoints` shows it.
@@ -203,11 +219,15 @@ impl Endpoints {
             state: String,
             disabled_reason: Option<String>,
             next_probe_at: Option<DateTime<Utc>>,
+            paused_until: Option<DateTime<Utc>>,
+            rate_per_s: Option<f64>,
         }
-        let rows: Vec<Row> =
-            sqlx::query_as("SELECT id, state, disabled_reason, next_probe_at FROM endpoints")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, state, disabled_reason, next_probe_at, paused_until, rate_per_s \
+             FROM endpoints",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let view: HashMap<String, View> = rows
             .into_iter()
             .map(|row| {
@@ -215,14 +235,26 @@ impl Endpoints {
                     disabled: row.state == "disabled",
                     reason: row.disabled_reason,
                     next_probe_at: row.next_probe_at,
+                    paused_until: row.paused_until,
+                    rate_per_s: row.rate_per_s,
                 };
                 (row.id, view)
             })
             .collect();
         let before = self.view.load();
-        let flipped = view
-            .iter()
-            .any(|(id, v)| before.get(id).map(|b| b.disabled) != Some(v.disabled));
+        // A pause this replica just recorded may be newer than what it read.
+        let mut view = view;
+        for (id, v) in &mut view {
+            if let Some(mine) = before.get(id).and_then(|b| b.paused_until) {
+                v.paused_until = Some(v.paused_until.map_or(mine, |theirs| theirs.max(mine)));
+            }
+        }
+        let flipped = view.iter().any(|(id, v)| {
+            before.get(id).is_none_or(|b| {
+                (b.disabled, b.paused_until, b.rate_per_s)
+                    != (v.disabled, v.paused_until, v.rate_per_s)
+            })
+        });
         self.view.store(Arc::new(view));
         if flipped {
             self.changed.notify_one();
@@ -249,40 +281,140 @@ impl Endpoints {
         self.view.load().get(endpoint).is_some_and(|v| v.disabled)
     }
 
-    /// Of `types`, those to claim (their endpoint is not disabled), and the
-    /// disabled endpoints due a probe, with their types.
-    pub fn plan_claims(&self, types: Vec<String>) -> (Vec<String>, Vec<(String, Vec<String>)>) {
+    /// Whether sends to `endpoint` are paused (a receiver's `Retry-After`),
+    /// and until when.
+    pub fn paused_until(&self, endpoint: &str) -> Option<DateTime<Utc>> {
+        self.view
+            .load()
+            .get(endpoint)
+            .and_then(|v| v.paused_until)
+            .filter(|until| *until > Utc::now())
+    }
+
+    /// Sorts `types` by what their endpoint allows now: claimed as usual,
+    /// left out (disabled, paused), probed, or claimed within a rate.
+    pub fn plan_claims(&self, types: Vec<String>) -> ClaimPlan {
         let view = self.view.load();
         let by_type = self.endpoints_by_type();
         let now = Utc::now();
-        let mut claim = Vec::with_capacity(types.len());
+        let mut plan = ClaimPlan::default();
         let mut probes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut limited: BTreeMap<String, (f64, Vec<String>)> = BTreeMap::new();
+        let mut next_change: Option<DateTime<Utc>> = None;
+        let mut soonest = |at: DateTime<Utc>| {
+            next_change = Some(next_change.map_or(at, |n| n.min(at)));
+        };
         for name in types {
-            let endpoint = by_type.get(&name).map(|(id, _)| id);
-            match endpoint.and_then(|id| Some((id, view.get(id)?))) {
-                Some((id, v)) if v.disabled => {
-                    if v.reason.as_deref() == Some("failing")
-                        && v.next_probe_at.is_none_or(|at| at <= now)
-                    {
-                        probes.entry(id.clone()).or_default().push(name);
+            let Some((id, v)) = by_type
+                .get(&name)
+                .and_then(|(id, _)| Some((id, view.get(id)?)))
+            else {
+                plan.claim.push(name);
+                continue;
+            };
+            if v.disabled {
+                if v.reason.as_deref() == Some("failing") {
+                    match v.next_probe_at {
+                        Some(at) if at > now => soonest(at),
+                        _ => probes.entry(id.clone()).or_default().push(name),
                     }
                 }
-                _ => claim.push(name),
+            } else if let Some(until) = v.paused_until.filter(|until| *until > now) {
+                soonest(until);
+            } else if let Some(rate) = v.rate_per_s {
+                limited
+                    .entry(id.clone())
+                    .or_insert((rate, Vec::new()))
+                    .1
+                    .push(name);
+            } else {
+                plan.claim.push(name);
             }
         }
-        (claim, probes.into_iter().collect())
+        plan.probes = probes.into_iter().collect();
+        plan.limited = limited
+            .into_iter()
+            .map(|(id, (rate, types))| (id, rate, types))
+            .collect();
+        plan.next_change = next_change.map(|at| (at - now).to_std().unwrap_or_default());
+        plan
     }
 
-    /// How long until the next probe of a disabled endpoint is due, if any.
-    pub fn until_next_probe(&self) -> Option<Duration> {
-        let now = Utc::now();
-        self.view
-            .load()
-            .values()
-            .filter(|v| v.disabled && v.reason.as_deref() == Some("failing"))
-            .filter_map(|v| v.next_probe_at)
-            .map(|at| (at - now).to_std().unwrap_or_default())
-            .min()
+    /// Pauses sends to `endpoint` for `pause` (a receiver's `Retry-After`):
+    /// at once on this replica, within a second on the others.
+    pub async fn pause(&self, endpoint: &str, pause: Duration) -> sqlx::Result<()> {
+        let until = Utc::now() + pause;
+        let mut view = (**self.view.load()).clone();
+        if let Some(v) = view.get_mut(endpoint) {
+            v.paused_until = Some(v.paused_until.map_or(until, |u| u.max(until)));
+        }
+        self.view.store(Arc::new(view));
+        sqlx::query(
+            "UPDATE endpoints SET paused_until = greatest(paused_until, now() + make_interval(secs => $2)) \
+             WHERE id = $1",
+        )
+        .bind(endpoint)
+        .bind(pause.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        tracing::info!(endpoint, pause = %humantime::format_duration(pause), "the receiver asked for a pause (Retry-After): no sends to this endpoint until it is over");
+        Ok(())
+    }
+
+    /// Takes up to `want` deliveries from `endpoint`'s bucket, shared by the
+    /// fleet: the bucket holds at most one second's worth and fills at its
+    /// `rate_per_s`. Returns how many were granted.
+    pub async fn take_tokens(&self, endpoint: &str, want: usize) -> sqlx::Result<usize> {
+        let granted: Option<i64> = sqlx::query_scalar(
+            "WITH cur AS ( \
+                 SELECT id, least(rate_per_s, tokens + rate_per_s * \
+                     extract(epoch FROM clock_timestamp() - tokens_at)::float8) AS tokens \
+                 FROM endpoints WHERE id = $1 AND rate_per_s IS NOT NULL FOR UPDATE) \
+             UPDATE endpoints e SET tokens = cur.tokens - least(floor(cur.tokens), $2), \
+                 tokens_at = clock_timestamp() \
+             FROM cur WHERE e.id = cur.id \
+             RETURNING least(floor(cur.tokens), $2)::int8",
+        )
+        .bind(endpoint)
+        .bind(want as f64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(granted.unwrap_or(0).max(0) as usize)
+    }
+
+    /// Gives back tokens taken but not used (fewer events were due).
+    pub async fn return_tokens(&self, endpoint: &str, unused: usize) -> sqlx::Result<()> {
+        if unused > 0 {
+            sqlx::query(
+                "UPDATE endpoints SET tokens = least(rate_per_s, tokens + $2) \
+                 WHERE id = $1 AND rate_per_s IS NOT NULL",
+            )
+            .bind(endpoint)
+            .bind(unused as f64)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sets or lifts (`None`) the fleet-wide rate of `endpoint`; `None` when
+    /// there is no such endpoint.
+    pub async fn set_rate(&self, id: &str, rate: Option<f64>) -> sqlx::Result<Option<Endpoint>> {
+        let updated = sqlx::query(
+            "UPDATE endpoints SET rate_per_s = $2, tokens = 0, tokens_at = now(), \
+             changed_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(rate)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        tracing::info!(endpoint = id, rate_per_s = ?rate, "endpoint rate set");
+        self.refresh().await?;
+        self.get(id).await
     }
 
     /// Takes the fleet's next probe of `endpoint`, if it is due and no other

@@ -224,3 +224,132 @@ async fn a_disable_by_hand_holds_events_on_every_replica_until_enabled() {
     let response = a.http.get(a.url("/endpoints")).send().await.unwrap();
     assert_eq!(response.status(), 401);
 }
+
+async fn set_rate(app: &TestApp, id: &str, rate: Value) -> reqwest::Response {
+    app.http
+        .put(app.url(&format!("/endpoints/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "rate_per_s": rate }))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_rate_caps_two_replicas_together_and_everything_arrives() {
+    let a = spawn_app_with(|s| {
+        s.claimer = true;
+        s.idle_poll = Duration::from_millis(500);
+    })
+    .await;
+    let mut b_settings = a.settings.clone();
+    b_settings.data_dir = b_settings.data_dir.with_extension("b");
+    let b = spawn_app_on(b_settings, a.receiver.clone()).await;
+    let id = endpoints(&a).await[0]["id"].as_str().unwrap().to_string();
+
+    for (rate, field) in [
+        (json!(0), "rate_per_s"),
+        (json!(-1), "rate_per_s"),
+        (json!(1e9), "rate_per_s"),
+    ] {
+        let response = set_rate(&a, &id, rate).await;
+        assert_eq!(response.status(), 422);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["field"], field, "{body}");
+    }
+    let response = a
+        .http
+        .put(a.url(&format!("/endpoints/{id}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({"rate": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        set_rate(&a, "0000000000000000", json!(5)).await.status(),
+        404
+    );
+
+    let response = set_rate(&a, &id, json!(20)).await;
+    assert_eq!(response.status(), 200);
+    let endpoint: Value = response.json().await.unwrap();
+    assert_eq!(endpoint["rate_per_s"], 20.0);
+    eventually("B to see the rate", Duration::from_secs(2), || async {
+        b.endpoints
+            .plan_claims(vec!["birthday".into()])
+            .limited
+            .len()
+            == 1
+    })
+    .await;
+
+    let lines: Vec<String> = (0..400)
+        .map(|i| {
+            json!({"first_name": format!("R{i}"), "last_name": "Rate", "timezone": "UTC",
+                   "dates": {"birthday": "1990-01-15"}})
+            .to_string()
+        })
+        .collect();
+    let response = a
+        .http
+        .post(a.url("/users/import"))
+        .header("content-type", "application/x-ndjson")
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    sqlx::query("UPDATE events SET due_at = now(), run_at = now()")
+        .execute(&a.pool)
+        .await
+        .unwrap();
+    a.wake_claimers().await;
+    let received = a.receiver.wait_for(400, Duration::from_secs(60)).await;
+    assert_eq!(delivered_ids(&received).len(), 400);
+    let at: Vec<Instant> = received.iter().map(|r| r.at).collect();
+    let busiest = at
+        .iter()
+        .map(|start| {
+            at.iter()
+                .filter(|t| **t >= *start && t.duration_since(*start) < Duration::from_secs(10))
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        busiest <= 240,
+        "{busiest} webhooks in a 10 s window at 20/s"
+    );
+    let span = at.last().unwrap().duration_since(at[0]);
+    assert!(span >= Duration::from_secs(15), "400 at 20/s took {span:?}");
+}
+
+#[tokio::test]
+async fn a_retry_after_pauses_every_send_to_the_endpoint() {
+    let app = spawn_app_with(|s| {
+        s.claimer = true;
+        s.concurrency = 1;
+        s.idle_poll = Duration::from_millis(200);
+        // A pause is capped by KAIROS_RETRY_MAX.
+        s.retry_max = Duration::from_secs(10);
+    })
+    .await;
+    app.receiver.start_outage(429, Some("5"));
+    let due = due_events(&app, 4).await;
+    let first = app.receiver.wait_for(1, Duration::from_secs(10)).await[0].clone();
+    app.receiver.end_outage();
+    assert_eq!(first.status, 429);
+    let received = app.receiver.wait_for(5, Duration::from_secs(20)).await;
+    let gap = received[1].at.duration_since(first.at);
+    assert!(
+        gap >= Duration::from_millis(4_900),
+        "the next send came {gap:?} after the 429"
+    );
+    let mut delivered = delivered_ids(&received);
+    delivered.sort();
+    let mut expected = due.clone();
+    expected.sort();
+    assert_eq!(delivered, expected);
+    assert_eq!(failed_count(&app).await, 0);
+}

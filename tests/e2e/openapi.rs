@@ -15,7 +15,7 @@ enum Kind {
 }
 
 /// Every route the host serves: method, path template, who may call it.
-const ROUTES: [(&str, &str, Kind); 21] = [
+const ROUTES: [(&str, &str, Kind); 22] = [
     ("get", "/users", Kind::Client),
     ("post", "/users", Kind::Client),
     ("get", "/users/{id}", Kind::Client),
@@ -31,6 +31,7 @@ const ROUTES: [(&str, &str, Kind); 21] = [
     ("put", "/event-types/{name}", Kind::Admin),
     ("delete", "/event-types/{name}", Kind::Admin),
     ("get", "/endpoints", Kind::Admin),
+    ("put", "/endpoints/{id}", Kind::Admin),
     ("post", "/endpoints/{id}/enable", Kind::Admin),
     ("post", "/endpoints/{id}/disable", Kind::Admin),
     ("get", "/health", Kind::Open),

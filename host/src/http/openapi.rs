@@ -41,6 +41,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         event_types::upload,
         event_types::unload,
         endpoints::list,
+        endpoints::update,
         endpoints::enable,
         endpoints::disable,
         super::health,
