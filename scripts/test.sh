@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 scripts/setup.sh
+# The status page's test drives a real browser: Debian's Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "==> installing chromium (apt), for the status page's browser test"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 echo "==> cargo test --workspace"
 cargo test --workspace
 echo "==> cargo fmt --check"

@@ -21,3 +21,4 @@ mod operations;
 mod polyglot;
 mod scheduling;
 mod series;
+mod status_page;

@@ -15,7 +15,7 @@ enum Kind {
 }
 
 /// Every route the host serves: method, path template, who may call it.
-const ROUTES: [(&str, &str, Kind); 22] = [
+const ROUTES: [(&str, &str, Kind); 23] = [
     ("get", "/users", Kind::Client),
     ("post", "/users", Kind::Client),
     ("get", "/users/{id}", Kind::Client),
@@ -34,6 +34,7 @@ const ROUTES: [(&str, &str, Kind); 22] = [
     ("put", "/endpoints/{id}", Kind::Admin),
     ("post", "/endpoints/{id}/enable", Kind::Admin),
     ("post", "/endpoints/{id}/disable", Kind::Admin),
+    ("get", "/", Kind::Open),
     ("get", "/health", Kind::Open),
     ("get", "/ready", Kind::Open),
     ("get", "/metrics", Kind::Open),

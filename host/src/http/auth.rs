@@ -64,9 +64,17 @@ impl Tokens {
         self.clients_open
     }
 
+    /// Whether `headers` carry the admin token (the status page shows more).
+    pub fn admin_in(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.grant_of(headers) == Grant::Admin
+    }
+
     fn grant(&self, request: &Request) -> Grant {
-        let Some(given) = request
-            .headers()
+        self.grant_of(request.headers())
+    }
+
+    fn grant_of(&self, headers: &axum::http::HeaderMap) -> Grant {
+        let Some(given) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))

@@ -8,6 +8,7 @@ mod events;
 mod json;
 mod openapi;
 mod simulate;
+mod status;
 mod users;
 
 pub use error::ApiError;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .merge(client)
         .merge(event_types::router(&state))
         .merge(endpoints::router(&state))
+        .route("/", get(status::page))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

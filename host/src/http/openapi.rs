@@ -3,7 +3,7 @@
 //! they take and answer.
 
 use super::error::ErrorBody;
-use super::{endpoints, event_types, events, simulate, users};
+use super::{endpoints, event_types, events, simulate, status, users};
 use axum::http::header;
 use axum::response::IntoResponse;
 use std::sync::LazyLock;
@@ -44,6 +44,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         endpoints::update,
         endpoints::enable,
         endpoints::disable,
+        status::page,
         super::health,
         super::ready,
         super::metrics,
