@@ -24,6 +24,10 @@ CREATE TABLE endpoints (
     tokens_at            timestamptz NOT NULL DEFAULT now(),
     -- A receiver's `Retry-After` pauses the whole endpoint until then.
     paused_until         timestamptz,
+    -- When it was last enabled: its waiting events are released at a rate
+    -- that starts low and doubles, so a receiver that just came back is not
+    -- flooded.
+    released_at          timestamptz,
     changed_at           timestamptz NOT NULL DEFAULT now(),
     created_at           timestamptz NOT NULL DEFAULT now(),
     CHECK ((state = 'disabled') = (disabled_reason IS NOT NULL))

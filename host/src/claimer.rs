@@ -115,7 +115,7 @@ impl Claimer {
         for (endpoint, rate, types) in plan.limited {
             let room = room.saturating_sub(claimable.claimed.len());
             let granted = if room > 0 {
-                endpoints.take_tokens(&endpoint, room).await?
+                endpoints.take_tokens(&endpoint, rate, room).await?
             } else {
                 0
             };
@@ -125,7 +125,7 @@ impl Claimer {
                 Vec::new()
             };
             endpoints
-                .return_tokens(&endpoint, granted - claimed.len())
+                .return_tokens(&endpoint, rate, granted - claimed.len())
                 .await?;
             if claimed.len() == granted {
                 // Out of tokens (or of room): more may be due; the bucket

@@ -29,6 +29,20 @@ use tokio::sync::Notify;
 
 /// How often a replica reads the fleet's endpoints.
 const REFRESH: Duration = Duration::from_secs(1);
+/// After an endpoint is enabled, its deliveries start at this rate across
+/// the fleet, doubling every `RAMP_DOUBLING`, for `RAMP_FOR` (then 40,960/s,
+/// which is no cap): a receiver that just came back is not flooded with its
+/// backlog the same second.
+const RAMP_START: f64 = 10.0;
+const RAMP_DOUBLING: Duration = Duration::from_secs(5);
+const RAMP_FOR: Duration = Duration::from_secs(60);
+
+/// The rate an endpoint enabled at `released_at` may take now, while it ramps up.
+fn ramp(released_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<f64> {
+    let elapsed = (now - released_at?).to_std().unwrap_or_default();
+    (elapsed < RAMP_FOR)
+        .then(|| RAMP_START * 2f64.powf(elapsed.as_secs_f64() / RAMP_DOUBLING.as_secs_f64()))
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointSettings {
@@ -66,6 +80,7 @@ struct View {
     next_probe_at: Option<DateTime<Utc>>,
     paused_until: Option<DateTime<Utc>>,
     rate_per_s: Option<f64>,
+    released_at: Option<DateTime<Utc>>,
 }
 
 /// What the claimer is to do with the types loaded here, from the view.
@@ -221,10 +236,11 @@ impl Endpoints {
             next_probe_at: Option<DateTime<Utc>>,
             paused_until: Option<DateTime<Utc>>,
             rate_per_s: Option<f64>,
+            released_at: Option<DateTime<Utc>>,
         }
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, state, disabled_reason, next_probe_at, paused_until, rate_per_s \
-             FROM endpoints",
+            "SELECT id, state, disabled_reason, next_probe_at, paused_until, rate_per_s, \
+             released_at FROM endpoints",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -237,6 +253,7 @@ impl Endpoints {
                     next_probe_at: row.next_probe_at,
                     paused_until: row.paused_until,
                     rate_per_s: row.rate_per_s,
+                    released_at: row.released_at,
                 };
                 (row.id, view)
             })
@@ -321,7 +338,10 @@ impl Endpoints {
                 }
             } else if let Some(until) = v.paused_until.filter(|until| *until > now) {
                 soonest(until);
-            } else if let Some(rate) = v.rate_per_s {
+            } else if let Some(rate) = match (v.rate_per_s, ramp(v.released_at, now)) {
+                (Some(rate), Some(ramp)) => Some(rate.min(ramp)),
+                (rate, ramp) => rate.or(ramp),
+            } {
                 limited
                     .entry(id.clone())
                     .or_insert((rate, Vec::new()))
@@ -362,14 +382,15 @@ impl Endpoints {
     }
 
     /// Takes up to `want` deliveries from `endpoint`'s bucket, shared by the
-    /// fleet: the bucket holds at most one second's worth and fills at its
-    /// `rate_per_s`. Returns how many were granted.
-    pub async fn take_tokens(&self, endpoint: &str, want: usize) -> sqlx::Result<usize> {
+    /// fleet: the bucket holds at most one second's worth and fills at
+    /// `rate` (its `rate_per_s`, or less while it ramps up after being
+    /// enabled). Returns how many were granted.
+    pub async fn take_tokens(&self, endpoint: &str, rate: f64, want: usize) -> sqlx::Result<usize> {
         let granted: Option<i64> = sqlx::query_scalar(
             "WITH cur AS ( \
-                 SELECT id, least(rate_per_s, tokens + rate_per_s * \
+                 SELECT id, least($3, tokens + $3 * \
                      extract(epoch FROM clock_timestamp() - tokens_at)::float8) AS tokens \
-                 FROM endpoints WHERE id = $1 AND rate_per_s IS NOT NULL FOR UPDATE) \
+                 FROM endpoints WHERE id = $1 FOR UPDATE) \
              UPDATE endpoints e SET tokens = cur.tokens - least(floor(cur.tokens), $2), \
                  tokens_at = clock_timestamp() \
              FROM cur WHERE e.id = cur.id \
@@ -377,22 +398,26 @@ impl Endpoints {
         )
         .bind(endpoint)
         .bind(want as f64)
+        .bind(rate)
         .fetch_optional(&self.pool)
         .await?;
         Ok(granted.unwrap_or(0).max(0) as usize)
     }
 
     /// Gives back tokens taken but not used (fewer events were due).
-    pub async fn return_tokens(&self, endpoint: &str, unused: usize) -> sqlx::Result<()> {
+    pub async fn return_tokens(
+        &self,
+        endpoint: &str,
+        rate: f64,
+        unused: usize,
+    ) -> sqlx::Result<()> {
         if unused > 0 {
-            sqlx::query(
-                "UPDATE endpoints SET tokens = least(rate_per_s, tokens + $2) \
-                 WHERE id = $1 AND rate_per_s IS NOT NULL",
-            )
-            .bind(endpoint)
-            .bind(unused as f64)
-            .execute(&self.pool)
-            .await?;
+            sqlx::query("UPDATE endpoints SET tokens = least($3, tokens + $2) WHERE id = $1")
+                .bind(endpoint)
+                .bind(unused as f64)
+                .bind(rate)
+                .execute(&self.pool)
+                .await?;
         }
         Ok(())
     }
@@ -566,6 +591,9 @@ impl Endpoints {
             "WITH old AS (SELECT id, state FROM endpoints WHERE id = $1 FOR UPDATE) \
              UPDATE endpoints e SET state = 'active', disabled_reason = NULL, \
                  next_probe_at = NULL, failing_since = NULL, consecutive_failures = 0, \
+                 released_at = CASE WHEN old.state = 'active' THEN e.released_at ELSE now() END, \
+                 tokens = CASE WHEN old.state = 'active' THEN e.tokens ELSE 0 END, \
+                 tokens_at = CASE WHEN old.state = 'active' THEN e.tokens_at ELSE now() END, \
                  changed_at = CASE WHEN old.state = 'active' THEN e.changed_at ELSE now() END \
              FROM old WHERE e.id = old.id RETURNING old.state"
         } else {
@@ -659,6 +687,11 @@ const RECORD: &str = "WITH b AS ( \
             WHEN NOT a.alive AND e.state = 'active' \
                  AND coalesce(e.failing_since, now()) <= now() - d.after THEN now() + d.probe \
             ELSE e.next_probe_at END, \
+        released_at = CASE WHEN a.alive AND e.disabled_reason = 'failing' THEN now() \
+            ELSE e.released_at END, \
+        tokens = CASE WHEN a.alive AND e.disabled_reason = 'failing' THEN 0 ELSE e.tokens END, \
+        tokens_at = CASE WHEN a.alive AND e.disabled_reason = 'failing' THEN now() \
+            ELSE e.tokens_at END, \
         changed_at = CASE \
             WHEN (a.alive AND e.disabled_reason = 'failing') \
               OR (NOT a.alive AND e.state = 'active' \

@@ -207,7 +207,12 @@ async fn a_disable_by_hand_holds_events_on_every_replica_until_enabled() {
         || async { !a.endpoints.disabled(&id) },
     )
     .await;
-    assert_eq!(a.run_claimer_once().await, 3);
+    // Released at a rate that starts at 10/s: a step may find no token yet.
+    let mut claimed = 0;
+    while claimed < 3 {
+        claimed += a.run_claimer_once().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let received = a.receiver.wait_for(3, Duration::from_secs(10)).await;
     let mut delivered = delivered_ids(&received);
     delivered.sort_by_key(|id| due.iter().position(|d| d == id));
@@ -352,4 +357,52 @@ async fn a_retry_after_pauses_every_send_to_the_endpoint() {
     expected.sort();
     assert_eq!(delivered, expected);
     assert_eq!(failed_count(&app).await, 0);
+}
+
+#[tokio::test]
+async fn an_endpoint_enabled_again_gets_its_backlog_paced_not_all_at_once() {
+    let app = spawn_app_with(|s| {
+        s.claimer = true;
+        s.idle_poll = Duration::from_millis(200);
+    })
+    .await;
+    let id = endpoints(&app).await[0]["id"].as_str().unwrap().to_string();
+    by_hand(&app, &id, "disable").await;
+    let lines: Vec<String> = (0..100)
+        .map(|i| {
+            json!({"first_name": format!("P{i}"), "last_name": "Paced", "timezone": "UTC",
+                   "dates": {"birthday": "1990-01-15"}})
+            .to_string()
+        })
+        .collect();
+    let response = app
+        .http
+        .post(app.url("/users/import"))
+        .header("content-type", "application/x-ndjson")
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    sqlx::query("UPDATE events SET due_at = now() - interval '1 minute', run_at = now() - interval '1 minute'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.wake_claimers().await;
+    assert_eq!(endpoints(&app).await[0]["waiting"], 100);
+    assert!(app.receiver.received().is_empty());
+
+    by_hand(&app, &id, "enable").await;
+    let received = app.receiver.wait_for(100, Duration::from_secs(30)).await;
+    let first = received[0].at;
+    let in_first_second = received
+        .iter()
+        .filter(|r| r.at.duration_since(first) < Duration::from_secs(1))
+        .count();
+    // 10/s to start (a bucket of one second's worth), doubling every 5 s.
+    assert!(
+        in_first_second <= 25,
+        "{in_first_second} in the first second"
+    );
+    assert_eq!(delivered_ids(&received).len(), 100);
 }
