@@ -3,7 +3,7 @@
 //! occurrence that is over, plan its successor, so that recording a batch of
 //! outcomes (`lease::complete`) runs no plugin.
 
-use crate::endpoints::{Attempted, Contact, Endpoints, endpoint_id};
+use crate::endpoints::{Attempted, Contact, Endpoints};
 use crate::lease::{Claimed, ClaimedEvent, Completion, DeliveryOutcome, Successor};
 use crate::outbound::{self, AllowList};
 use crate::plugin::{LoadedPlugin, Registry, Subject};
@@ -281,7 +281,7 @@ impl Deliverer {
                 let endpoint = self
                     .endpoints
                     .as_ref()
-                    .and_then(|e| Some((e, endpoint_id(e.url_of(&plugin)?))));
+                    .and_then(|e| Some((e, e.id_of(e.url_of(&plugin)?))));
                 let paused = endpoint
                     .as_ref()
                     .and_then(|(endpoints, id)| endpoints.paused_until(id));

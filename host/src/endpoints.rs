@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{FromRow, PgPool};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -67,7 +68,7 @@ pub enum Contact {
 /// One attempt's contact with an endpoint, for the batch's counts.
 #[derive(Debug, Clone)]
 pub struct Attempted {
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     pub contact: Contact,
     pub error: Option<String>,
 }
@@ -135,6 +136,10 @@ pub struct Endpoints {
     failing_here: Mutex<HashMap<String, Instant>>,
     /// Woken when an endpoint is enabled or disabled: the claimer's types change.
     pub changed: Notify,
+    /// Endpoint ids by URL, so a delivery does not hash its URL.
+    ids: ArcSwap<HashMap<String, Arc<str>>>,
+    /// Whether `failing_here` may hold anything: a success then costs no lock.
+    any_failing: AtomicBool,
 }
 
 /// The id of the endpoint for `url`: the first 16 hex digits of its SHA-256.
@@ -167,7 +172,23 @@ impl Endpoints {
             known: Mutex::default(),
             failing_here: Mutex::default(),
             changed: Notify::new(),
+            ids: ArcSwap::default(),
+            any_failing: AtomicBool::new(false),
         }
+    }
+
+    /// The id of the endpoint for `url` (`endpoint_id`), remembered.
+    pub fn id_of(&self, url: &str) -> Arc<str> {
+        if let Some(id) = self.ids.load().get(url) {
+            return id.clone();
+        }
+        let id: Arc<str> = endpoint_id(url).into();
+        self.ids.rcu(|ids| {
+            let mut ids = HashMap::clone(ids);
+            ids.insert(url.to_string(), id.clone());
+            ids
+        });
+        id
     }
 
     /// Where `plugin`'s webhooks go.
@@ -185,7 +206,10 @@ impl Endpoints {
             .values()
             .filter_map(|p| {
                 let url = self.url_of(p)?;
-                Some((p.name().to_string(), (endpoint_id(url), url.to_string())))
+                Some((
+                    p.name().to_string(),
+                    (self.id_of(url).to_string(), url.to_string()),
+                ))
             })
             .collect()
     }
@@ -468,6 +492,9 @@ impl Endpoints {
 
     /// Notes an attempt's contact with `endpoint` from this replica.
     pub fn observe(&self, endpoint: &str, contact: Contact) {
+        if contact != Contact::Down && !self.any_failing.load(Ordering::Relaxed) {
+            return;
+        }
         let mut failing = self.failing_here.lock().unwrap_or_else(|e| e.into_inner());
         if contact == Contact::Down {
             if !failing.contains_key(endpoint) {
@@ -476,6 +503,8 @@ impl Endpoints {
         } else {
             failing.remove(endpoint);
         }
+        self.any_failing
+            .store(!failing.is_empty(), Ordering::Relaxed);
     }
 
     /// Whether everything sent to `endpoint` since `since` failed: it is
