@@ -2,7 +2,8 @@
 //! files changed, debounced: a burst of writes to `NAME.wasm`/`NAME.toml` is
 //! reported once, after the directory has been quiet for the debounce time.
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -22,11 +23,12 @@ pub fn watch(
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<String>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
+            Ok(event) if changes_content(&event.kind) => {
                 for name in event.paths.iter().filter_map(|p| type_name(p)) {
                     let _ = raw_tx.send(name);
                 }
             }
+            Ok(_read) => {}
             Err(error) => tracing::warn!(%error, "plugin directory watch error"),
         })?;
     watcher.watch(dir, RecursiveMode::NonRecursive)?;
@@ -54,6 +56,18 @@ pub fn watch(
     Ok((DirWatcher { _watcher: watcher }, rx))
 }
 
+/// Whether an event can change what a file holds. Reading a file (opening,
+/// reading, closing it unwritten) cannot: a host reads its plugin files
+/// when it checks them, and two replicas sharing a directory would
+/// otherwise wake each other for ever.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 /// `NAME` for `NAME.wasm` and `NAME.toml`; hidden and other files are ignored.
 fn type_name(path: &Path) -> Option<String> {
     let ext = path.extension()?.to_str()?;
@@ -66,8 +80,31 @@ fn type_name(path: &Path) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::type_name;
+    use super::{changes_content, type_name};
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
     use std::path::Path;
+
+    #[test]
+    fn reading_a_file_is_not_a_change_and_writing_one_is() {
+        for read in [
+            AccessKind::Open(AccessMode::Read),
+            AccessKind::Read,
+            AccessKind::Close(AccessMode::Read),
+            AccessKind::Any,
+        ] {
+            assert!(!changes_content(&EventKind::Access(read)), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(changes_content(&change), "{change:?}");
+        }
+    }
 
     #[test]
     fn only_wasm_and_toml_files_name_a_type() {
