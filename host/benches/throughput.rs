@@ -709,6 +709,7 @@ async fn deliver_all(
         planned as usize == events,
         "{planned} next occurrences planned for {events} deliveries"
     );
+    let record = record_size(&pool).await?;
 
     let latency = idle_latency(&pool, receiver).await;
     let _ = stop.send(());
@@ -726,6 +727,13 @@ async fn deliver_all(
         at_receiver.rate() / raw,
         raw
     );
+    for (table, rows, bytes) in &record {
+        println!(
+            "  {table}: {rows} rows, {:.1} MB with indexes = {:.0} bytes per delivery (MB per million deliveries)",
+            *bytes as f64 / 1e6,
+            *bytes as f64 / events as f64
+        );
+    }
     println!(
         "\nidle host, {AT_ONE_INSTANT} events due at one instant: due -> received p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         latency.late_at(0.5).as_secs_f64() * 1e3,
@@ -742,6 +750,24 @@ async fn deliver_all(
         ),
     }
     Ok(())
+}
+
+/// The record a run left: rows, and bytes on disk with indexes and TOAST
+/// over every partition, of the history and the attempt log.
+async fn record_size(pool: &sqlx::PgPool) -> anyhow::Result<Vec<(&'static str, i64, i64)>> {
+    let mut sizes = Vec::new();
+    for table in ["event_history", "event_attempts"] {
+        // `table` is one of the two names above.
+        let (rows, bytes): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT (SELECT count(*) FROM {table}), \
+                 (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)::int8 \
+                  FROM pg_partition_tree('{table}'))"
+        )))
+        .fetch_one(pool)
+        .await?;
+        sizes.push((table, rows, bytes));
+    }
+    Ok(sizes)
 }
 
 /// (4): with the host idle, `AT_ONE_INSTANT` users whose birthday events all

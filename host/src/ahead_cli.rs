@@ -254,7 +254,7 @@ fn spinner(message: &str) -> ProgressBar {
 }
 
 /// The response if it succeeded, else its error (`field: error`) as the host said it.
-async fn success(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn success(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

@@ -38,6 +38,25 @@ pub enum Command {
     /// in [FROM, TO), in due time order, from its `GET /simulate`. Reads
     /// only: nothing is written or claimed. Exits 2 if it failed.
     Simulate(SimulateArgs),
+    /// Print the host's audit log (`GET /audit`) as a table, oldest first:
+    /// who changed what, when. Exits 2 if it could not be read.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries after this id (the last id a previous run printed).
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// At most this many entries; 0 prints every one.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u64,
+    /// The host's base URL.
+    #[arg(long, env = "KAIROS_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The host's admin token.
+    #[arg(long, env = "KAIROS_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +230,18 @@ pub struct Settings {
     /// success enables it again.
     #[arg(long, env = "KAIROS_ENDPOINT_PROBE", default_value = "1m", value_parser = parse_duration)]
     pub endpoint_probe: Duration,
+    /// Finished events and their attempts are kept this long after they
+    /// were due, then dropped a whole day at a time.
+    #[arg(long, env = "KAIROS_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// The audit log is kept this long.
+    #[arg(long, env = "KAIROS_AUDIT_RETENTION", default_value = "365d", value_parser = parse_duration)]
+    pub audit_retention: Duration,
+    /// Where the fleet posts operational webhooks (`endpoint.disabled`,
+    /// `endpoint.enabled`, `replica.stale`, `type.failing`), signed like
+    /// every webhook and through the same allow list.
+    #[arg(long, env = "KAIROS_OPS_WEBHOOK_URL")]
+    pub ops_webhook_url: Option<String>,
     /// How long a claimed event is held before another host may take it back.
     #[arg(long, env = "KAIROS_LEASE", default_value = "60s", value_parser = parse_duration)]
     pub lease: Duration,
@@ -305,6 +336,7 @@ impl Settings {
         for value in [
             &mut self.database_url,
             &mut self.webhook_url,
+            &mut self.ops_webhook_url,
             &mut self.webhook_secret,
             &mut self.admin_token,
             &mut self.api_tokens,
@@ -361,6 +393,9 @@ impl Settings {
         if let Some(url) = &self.webhook_url {
             reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("KAIROS_WEBHOOK_URL: {e}"))?;
         }
+        if let Some(url) = &self.ops_webhook_url {
+            reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("KAIROS_OPS_WEBHOOK_URL: {e}"))?;
+        }
         Ok(())
     }
 
@@ -394,6 +429,26 @@ impl Settings {
             max_lateness: self.max_lateness,
             allow: std::sync::Arc::new(self.webhook_allow.clone()),
             plugin_deadline: self.plugin_deadline,
+        }
+    }
+
+    /// The operational webhooks' settings; `None` without
+    /// `KAIROS_OPS_WEBHOOK_URL` (checked by `validate`).
+    pub fn ops_settings(&self) -> Option<crate::ops::OpsSettings> {
+        let delivery = self.delivery();
+        Some(crate::ops::OpsSettings {
+            url: reqwest::Url::parse(self.ops_webhook_url.as_deref()?).ok()?,
+            signing_key: delivery.signing_key,
+            retry: delivery.retry,
+            allow: delivery.allow,
+            timeout: self.http_timeout,
+        })
+    }
+
+    pub fn retention_settings(&self) -> crate::retention::RetentionSettings {
+        crate::retention::RetentionSettings {
+            retention: self.retention,
+            audit_retention: self.audit_retention,
         }
     }
 

@@ -4,7 +4,7 @@
 //! outcomes (`lease::complete`) runs no plugin.
 
 use crate::endpoints::{Attempted, Contact, Endpoints};
-use crate::lease::{Claimed, ClaimedEvent, Completion, DeliveryOutcome, Successor};
+use crate::lease::{AttemptRecord, Claimed, ClaimedEvent, Completion, DeliveryOutcome, Successor};
 use crate::outbound::{self, AllowList};
 use crate::plugin::{LoadedPlugin, Registry, Subject};
 use crate::store::{User, format_local};
@@ -70,6 +70,8 @@ pub struct Deliverer {
     /// The fleet's endpoints: attempts are counted per endpoint, and an
     /// event whose endpoint fails everything waits instead of failing.
     endpoints: Option<Arc<Endpoints>>,
+    /// This replica, as the attempt log names it.
+    replica: Uuid,
 }
 
 /// Why an attempt failed, and whether another attempt may succeed.
@@ -81,6 +83,10 @@ struct AttemptError {
     /// What the attempt told about the endpoint; `None` when nothing was
     /// sent (no message, no URL, a refused address).
     contact: Option<Contact>,
+    /// The receiver's HTTP status, when it answered.
+    status: Option<u16>,
+    /// The target is not an allowed address: no connection was made.
+    refused: bool,
 }
 
 impl AttemptError {
@@ -90,6 +96,8 @@ impl AttemptError {
             retryable: true,
             retry_after: None,
             contact: None,
+            status: None,
+            refused: false,
         }
     }
     fn permanent(message: impl Into<String>) -> Self {
@@ -98,12 +106,21 @@ impl AttemptError {
             retryable: false,
             retry_after: None,
             contact: None,
+            status: None,
+            refused: false,
         }
     }
     fn with_contact(self, contact: Contact) -> Self {
         Self {
             contact: Some(contact),
             ..self
+        }
+    }
+    /// Sent to an address the allow list refuses.
+    fn refused(message: impl Into<String>) -> Self {
+        Self {
+            refused: true,
+            ..Self::permanent(message)
         }
     }
 }
@@ -165,12 +182,14 @@ impl Deliverer {
         registry: Arc<Registry>,
         client: reqwest::Client,
         settings: DeliverySettings,
+        replica: Uuid,
     ) -> Self {
         Self {
             registry,
             client,
             settings,
             endpoints: None,
+            replica,
         }
     }
 
@@ -247,6 +266,7 @@ impl Deliverer {
     /// use its last attempt, its series is recorded to be planned again.
     fn unprepared(&self, event: ClaimedEvent, why: &str) -> Completion {
         metrics::delivery_attempt();
+        let attempt = self.record(Utc::now(), std::time::Instant::now(), None, false);
         let why = format!("trap: {why}");
         let outcome = self.after_failure(&event, AttemptError::retryable(why.clone()), None);
         let successor = if outcome.finishes_occurrence() {
@@ -260,6 +280,24 @@ impl Deliverer {
             successor,
             event_type_version: None,
             attempted: None,
+            attempt: Some(attempt),
+        }
+    }
+
+    /// The attempt log's row for an attempt started at `at` (`started`).
+    fn record(
+        &self,
+        at: DateTime<Utc>,
+        started: std::time::Instant,
+        status: Option<u16>,
+        refused: bool,
+    ) -> AttemptRecord {
+        AttemptRecord {
+            at,
+            replica: self.replica,
+            status,
+            latency: started.elapsed(),
+            refused,
         }
     }
 
@@ -267,6 +305,7 @@ impl Deliverer {
     async fn send(&self, prepared: Prepared) -> Completion {
         let Prepared { event, work } = prepared;
         let mut attempted = None;
+        let mut attempt = None;
         let (outcome, successor, event_type_version) = match work {
             Work::Settled(outcome) => (outcome, Successor::NotNeeded, None),
             Work::Attempt {
@@ -290,7 +329,16 @@ impl Deliverer {
                     Some(until) => Err(AttemptError::retryable(format!(
                         "held: the endpoint asked for a pause (Retry-After) until {until}"
                     ))),
-                    None => self.attempt(&event, &plugin, message).await,
+                    None => {
+                        let (at, started) = (Utc::now(), std::time::Instant::now());
+                        let result = self.attempt(&event, &plugin, message).await;
+                        let (status, refused) = match &result {
+                            Ok(status) => (Some(*status), false),
+                            Err(error) => (error.status, error.refused),
+                        };
+                        attempt = Some(self.record(at, started, status, refused));
+                        result.map(|_| ())
+                    }
                 };
                 if let (Err(error), Some((endpoints, id))) = (&result, &endpoint)
                     && let (Some(asked), Some(Contact::Down)) = (error.retry_after, error.contact)
@@ -381,6 +429,7 @@ impl Deliverer {
             successor,
             event_type_version,
             attempted,
+            attempt,
         }
     }
 
@@ -389,7 +438,7 @@ impl Deliverer {
         event: &ClaimedEvent,
         plugin: &Arc<LoadedPlugin>,
         message: Result<String, String>,
-    ) -> Result<(), AttemptError> {
+    ) -> Result<u16, AttemptError> {
         if let Some(max) = self.settings.max_lateness {
             let late = (Utc::now() - event.due_at).to_std().unwrap_or_default();
             if late > max {
@@ -412,7 +461,7 @@ impl Deliverer {
         let url = reqwest::Url::parse(url)
             .map_err(|e| AttemptError::permanent(format!("the webhook URL is not a URL: {e}")))?;
         outbound::check_literal(&url, &self.settings.allow)
-            .map_err(|refused| AttemptError::permanent(refused.to_string()))?;
+            .map_err(|refused| AttemptError::refused(refused.to_string()))?;
         let body = serde_json::to_vec(&Payload {
             id: event.id,
             event_type: &event.event_type,
@@ -447,14 +496,14 @@ impl Deliverer {
             // A name that resolves to a refused address: no connection was
             // made, and none will be.
             match outbound::refusal_in(&e) {
-                Some(refused) => AttemptError::permanent(refused.to_string()),
+                Some(refused) => AttemptError::refused(refused.to_string()),
                 None => AttemptError::retryable(outbound::describe_send_error(e))
                     .with_contact(Contact::Down),
             }
         })?;
         let status = response.status();
         if status.is_success() {
-            return Ok(());
+            return Ok(status.as_u16());
         }
         let asked = matches!(
             status,
@@ -469,14 +518,19 @@ impl Deliverer {
         .flatten();
         let snippet = response_snippet(response).await;
         let message = format!("HTTP {status}{snippet}");
-        if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            Err(AttemptError {
+        let error = if status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+        {
+            AttemptError {
                 retry_after: asked,
                 ..AttemptError::retryable(message).with_contact(Contact::Down)
-            })
+            }
         } else {
-            Err(AttemptError::permanent(message).with_contact(Contact::Answered))
-        }
+            AttemptError::permanent(message).with_contact(Contact::Answered)
+        };
+        Err(AttemptError {
+            status: Some(status.as_u16()),
+            ..error
+        })
     }
 
     /// The outcome of a failed attempt. `endpoint_down` is, for a retryable
@@ -662,6 +716,7 @@ mod tests {
                 allow: Arc::new(AllowList::default()),
                 plugin_deadline: Duration::from_millis(500),
             },
+            Uuid::nil(),
         )
     }
 

@@ -14,6 +14,7 @@
 //! the claim nothing per event. Outcomes are counted per endpoint and
 //! written once per batch of completions.
 
+use crate::audit::Actor;
 use crate::outbound;
 use crate::plugin::{LoadedPlugin, Registry};
 use arc_swap::ArcSwap;
@@ -27,6 +28,38 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// The audit entries and operational webhooks of endpoint changes, as
+/// CTEs of the statement that makes them: from `changed` (`id`, `url`,
+/// `was`, `now`, `reason`, `last_error`, `changed_at`: the endpoints the
+/// statement changed), by `$actor` (an SQL expression). An audit entry per
+/// change; an `endpoint.disabled` or `endpoint.enabled` message per change
+/// of state, keyed by the change so that it is told once.
+macro_rules! endpoint_changes_on_record {
+    ($actor:literal) => {
+        concat!(
+            ", audit AS (INSERT INTO audit_log (actor, action, target, detail) \
+                SELECT ",
+            $actor,
+            ", CASE WHEN c.now = 'disabled' THEN 'endpoint.disable' \
+                    ELSE 'endpoint.enable' END, c.id, \
+                    jsonb_strip_nulls(jsonb_build_object('url', c.url, 'state', c.now, \
+                        'reason', c.reason, 'last_error', c.last_error)) \
+                FROM changed c), \
+            ops AS (INSERT INTO ops_events (id, key, type, detail) \
+                SELECT gen_random_uuid(), \
+                    'endpoint:' || c.id || ':' || extract(epoch FROM c.changed_at), \
+                    CASE WHEN c.now = 'disabled' THEN 'endpoint.disabled' \
+                        ELSE 'endpoint.enabled' END, \
+                    jsonb_strip_nulls(jsonb_build_object('endpoint', c.id, 'url', c.url, \
+                        'reason', c.reason, 'last_error', c.last_error, 'by', ",
+            $actor,
+            ")) \
+                FROM changed c WHERE c.was <> c.now \
+                ON CONFLICT (key) DO NOTHING) "
+        )
+    };
+}
 
 /// How often a replica reads the fleet's endpoints.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -448,16 +481,25 @@ impl Endpoints {
 
     /// Sets or lifts (`None`) the fleet-wide rate of `endpoint`; `None` when
     /// there is no such endpoint.
-    pub async fn set_rate(&self, id: &str, rate: Option<f64>) -> sqlx::Result<Option<Endpoint>> {
-        let updated = sqlx::query(
-            "UPDATE endpoints SET rate_per_s = $2, tokens = 0, tokens_at = now(), \
-             changed_at = now() WHERE id = $1",
+    pub async fn set_rate(
+        &self,
+        id: &str,
+        rate: Option<f64>,
+        actor: &Actor,
+    ) -> sqlx::Result<Option<Endpoint>> {
+        let updated: i64 = sqlx::query_scalar(
+            "WITH upd AS (UPDATE endpoints SET rate_per_s = $2, tokens = 0, tokens_at = now(), \
+                 changed_at = now() WHERE id = $1 RETURNING id, url), \
+             audit AS (INSERT INTO audit_log (actor, action, target, detail) \
+                 SELECT $3, 'endpoint.update', id, \
+                     jsonb_build_object('url', url, 'rate_per_s', $2::float8) FROM upd) \
+             SELECT count(*) FROM upd",
         )
         .bind(id)
         .bind(rate)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        .bind(actor.as_str())
+        .fetch_one(&self.pool)
+        .await?;
         if updated == 0 {
             return Ok(None);
         }
@@ -615,24 +657,47 @@ impl Endpoints {
 
     /// Disables (`enable = false`) or enables an endpoint by hand; `None`
     /// when there is no such endpoint.
-    pub async fn set_by_hand(&self, id: &str, enable: bool) -> sqlx::Result<Option<Endpoint>> {
+    pub async fn set_by_hand(
+        &self,
+        id: &str,
+        enable: bool,
+        actor: &Actor,
+    ) -> sqlx::Result<Option<Endpoint>> {
         let changed: Option<(String,)> = sqlx::query_as(if enable {
-            "WITH old AS (SELECT id, state FROM endpoints WHERE id = $1 FOR UPDATE) \
-             UPDATE endpoints e SET state = 'active', disabled_reason = NULL, \
-                 next_probe_at = NULL, failing_since = NULL, consecutive_failures = 0, \
-                 released_at = CASE WHEN old.state = 'active' THEN e.released_at ELSE now() END, \
-                 tokens = CASE WHEN old.state = 'active' THEN e.tokens ELSE 0 END, \
-                 tokens_at = CASE WHEN old.state = 'active' THEN e.tokens_at ELSE now() END, \
-                 changed_at = CASE WHEN old.state = 'active' THEN e.changed_at ELSE now() END \
-             FROM old WHERE e.id = old.id RETURNING old.state"
+            concat!(
+                "WITH old AS (SELECT id, state FROM endpoints WHERE id = $1 FOR UPDATE), \
+                 upd AS (UPDATE endpoints e SET state = 'active', disabled_reason = NULL, \
+                     next_probe_at = NULL, failing_since = NULL, consecutive_failures = 0, \
+                     released_at = CASE WHEN old.state = 'active' THEN e.released_at ELSE now() END, \
+                     tokens = CASE WHEN old.state = 'active' THEN e.tokens ELSE 0 END, \
+                     tokens_at = CASE WHEN old.state = 'active' THEN e.tokens_at ELSE now() END, \
+                     changed_at = CASE WHEN old.state = 'active' THEN e.changed_at ELSE now() END \
+                 FROM old WHERE e.id = old.id \
+                 RETURNING e.id, e.url, old.state AS was, e.state AS now, \
+                     e.disabled_reason AS reason, e.last_error, e.changed_at), \
+                 changed AS (SELECT * FROM upd WHERE was <> now) ",
+                endpoint_changes_on_record!("$2::text"),
+                "SELECT was FROM upd"
+            )
         } else {
-            "WITH old AS (SELECT id, state FROM endpoints WHERE id = $1 FOR UPDATE) \
-             UPDATE endpoints e SET state = 'disabled', disabled_reason = 'manual', \
-                 next_probe_at = NULL, \
-                 changed_at = CASE WHEN e.disabled_reason = 'manual' THEN e.changed_at ELSE now() END \
-             FROM old WHERE e.id = old.id RETURNING old.state"
+            concat!(
+                "WITH old AS (SELECT id, state, disabled_reason FROM endpoints \
+                     WHERE id = $1 FOR UPDATE), \
+                 upd AS (UPDATE endpoints e SET state = 'disabled', disabled_reason = 'manual', \
+                     next_probe_at = NULL, \
+                     changed_at = CASE WHEN e.disabled_reason = 'manual' THEN e.changed_at \
+                         ELSE now() END \
+                 FROM old WHERE e.id = old.id \
+                 RETURNING e.id, e.url, old.state AS was, e.state AS now, \
+                     e.disabled_reason AS reason, e.last_error, e.changed_at, \
+                     old.disabled_reason IS DISTINCT FROM 'manual' AS news), \
+                 changed AS (SELECT * FROM upd WHERE news) ",
+                endpoint_changes_on_record!("$2::text"),
+                "SELECT was FROM upd"
+            )
         })
         .bind(id)
+        .bind(actor.as_str())
         .fetch_optional(&self.pool)
         .await?;
         let Some((was,)) = changed else {
@@ -691,11 +756,12 @@ impl Endpoints {
 /// through); nothing but retryable failures starts or continues one, and
 /// one older than `disable_after` disables the endpoint. Returns each
 /// endpoint's state before and after, and its last error.
-const RECORD: &str = "WITH b AS ( \
+const RECORD: &str = concat!(
+    "WITH b AS ( \
         SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::text[]) \
         AS b(id, succeeded, answered, down, error)), \
-    old AS (SELECT e.id, e.state FROM endpoints e JOIN b USING (id) ORDER BY e.id FOR UPDATE OF e) \
-    UPDATE endpoints e SET \
+    old AS (SELECT e.id, e.state FROM endpoints e JOIN b USING (id) ORDER BY e.id FOR UPDATE OF e), \
+    upd AS (UPDATE endpoints e SET \
         consecutive_failures = CASE WHEN a.alive THEN 0 ELSE e.consecutive_failures + b.down END, \
         failing_since = CASE WHEN a.alive THEN NULL ELSE coalesce(e.failing_since, now()) END, \
         last_success_at = CASE WHEN b.succeeded > 0 THEN now() ELSE e.last_success_at END, \
@@ -729,4 +795,9 @@ const RECORD: &str = "WITH b AS ( \
     FROM b CROSS JOIN LATERAL (SELECT b.succeeded + b.answered > 0 AS alive) a, old, \
         (SELECT make_interval(secs => $6) AS after, make_interval(secs => $7) AS probe) d \
     WHERE e.id = b.id AND old.id = e.id \
-    RETURNING e.id, old.state, e.state, e.last_error";
+    RETURNING e.id, e.url, old.state AS was, e.state AS now, e.disabled_reason AS reason, \
+        e.last_error, e.changed_at), \
+    changed AS (SELECT * FROM upd WHERE was <> now) ",
+    endpoint_changes_on_record!("'kairos'"),
+    "SELECT id, was, now, last_error FROM upd"
+);

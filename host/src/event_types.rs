@@ -6,6 +6,7 @@
 //! `unload`) and from this replica's plugin directory (`sync_from_dir`): a
 //! file there is published when it is newer than the type's latest change.
 
+use crate::audit::Actor;
 use crate::fleet::{self, Published, Source};
 use crate::plugin::{
     LoadedPlugin, PluginFile, PluginSource, Registry, valid_type_name, wasm_files,
@@ -192,6 +193,7 @@ impl EventTypes {
         name: &str,
         bytes: Vec<u8>,
         settings: PluginFile,
+        actor: &Actor,
     ) -> Result<(Change, Arc<LoadedPlugin>), UploadError> {
         let (plugin, bytes) = self.load_candidate(name, bytes, settings).await?;
         let settings = PluginFile {
@@ -208,6 +210,7 @@ impl EventTypes {
                 settings: &settings,
                 source: Source::Api,
                 file_modified: None,
+                actor,
             },
         )
         .await?;
@@ -247,8 +250,12 @@ impl EventTypes {
 
     /// Deletes a type for the fleet (its pending events are cancelled, once)
     /// and stops serving it here. `None` when the fleet has no such type.
-    pub async fn unload(self: &Arc<Self>, name: &str) -> anyhow::Result<Option<fleet::Deleted>> {
-        let deleted = fleet::delete(&self.pool, name, None).await?;
+    pub async fn unload(
+        self: &Arc<Self>,
+        name: &str,
+        actor: &Actor,
+    ) -> anyhow::Result<Option<fleet::Deleted>> {
+        let deleted = fleet::delete(&self.pool, name, None, actor).await?;
         if let Some(deleted) = deleted {
             tracing::info!(
                 event_type = name,
@@ -272,7 +279,14 @@ impl EventTypes {
         } else if self.plugin_dir.join(format!("{name}.wasm")).is_file() {
             self.publish_logged(name).await;
         } else {
-            match fleet::delete(&self.pool, name, Some(Source::Directory)).await {
+            match fleet::delete(
+                &self.pool,
+                name,
+                Some(Source::Directory),
+                &Actor::plugin_dir(),
+            )
+            .await
+            {
                 Ok(Some(deleted)) => tracing::info!(
                     event_type = name,
                     generation = deleted.generation,
@@ -372,6 +386,12 @@ impl EventTypes {
             )
         })
         .await??;
+        // A directory's file, or an upload an older version kept: the host
+        // publishes the latter by itself.
+        let actor = match source {
+            Source::Directory => Actor::plugin_dir(),
+            Source::Api => Actor::kairos(),
+        };
         fleet::publish(
             &self.pool,
             &fleet::Change {
@@ -382,6 +402,7 @@ impl EventTypes {
                 settings: &settings,
                 source,
                 file_modified,
+                actor: &actor,
             },
         )
         .await
@@ -639,7 +660,8 @@ impl EventTypes {
         Ok(())
     }
 
-    /// Reports this replica and what it serves.
+    /// Reports this replica and what it serves, and notes the replicas
+    /// that went stale (for the operational webhooks).
     pub async fn heartbeat(&self) -> anyhow::Result<()> {
         fleet::heartbeat(
             &self.pool,
@@ -649,7 +671,15 @@ impl EventTypes {
             &self.serving(),
         )
         .await
-        .context("writing this replica's heartbeat")
+        .context("writing this replica's heartbeat")?;
+        if crate::ops::note_stale_replicas(&self.pool)
+            .await
+            .context("looking for stale replicas")?
+            > 0
+        {
+            tracing::warn!("a replica missed three heartbeats: replica.stale noted");
+        }
+        Ok(())
     }
 
     /// Follows the registry until `shutdown` resolves: on each notification,

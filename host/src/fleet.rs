@@ -7,10 +7,12 @@
 //! `replicas` every heartbeat; the pass of a generation runs on one replica
 //! at a time and is taken over from one whose heartbeat went stale.
 
+use crate::audit::{self, Actor};
 use crate::plugin::{PluginConfig, PluginFile};
 use crate::store;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 use sha2::Digest;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
@@ -173,6 +175,8 @@ pub struct Change<'a> {
     /// changes the registry only when it is newer than the type's latest
     /// change (an upload, a delete, an earlier file).
     pub file_modified: Option<DateTime<Utc>>,
+    /// Who made the change, for the audit log.
+    pub actor: &'a Actor,
 }
 
 /// What `publish` did.
@@ -281,11 +285,30 @@ pub async fn publish(pool: &PgPool, change: &Change<'_>) -> anyhow::Result<Publi
         generation,
     )
     .await?;
+    let replaced = current.as_ref().is_some_and(TypeRow::live);
+    audit::record(
+        &mut tx,
+        change.actor,
+        if replaced {
+            "type.replace"
+        } else {
+            "type.load"
+        },
+        change.name,
+        json!({
+            "version": change.version,
+            "sha256": change.sha256,
+            "generation": generation,
+            "source": change.source.as_str(),
+        }),
+    )
+    .await?;
     notify(&mut tx, change.name, generation).await?;
     tx.commit().await?;
-    Ok(match current {
-        Some(row) if row.live() => Published::Replaced(generation),
-        _ => Published::Added(generation),
+    Ok(if replaced {
+        Published::Replaced(generation)
+    } else {
+        Published::Added(generation)
     })
 }
 
@@ -306,6 +329,7 @@ pub async fn delete(
     pool: &PgPool,
     name: &str,
     only_from: Option<Source>,
+    actor: &Actor,
 ) -> anyhow::Result<Option<Deleted>> {
     let mut tx = pool.begin().await?;
     lock_type(&mut tx, name).await?;
@@ -324,6 +348,14 @@ pub async fn delete(
     .fetch_one(&mut *tx)
     .await?;
     let cancelled = store::cancel_pending_of_type(&mut tx, name).await?;
+    audit::record(
+        &mut tx,
+        actor,
+        "type.delete",
+        name,
+        json!({"version": row.version, "generation": generation, "cancelled": cancelled}),
+    )
+    .await?;
     notify(&mut tx, name, generation).await?;
     tx.commit().await?;
     Ok(Some(Deleted {

@@ -9,12 +9,14 @@
 //! is parsed and planned, and the report lists at most `MAX_REPORTED`
 //! rejected lines (`rejected_count` counts them all).
 
+use crate::audit::{self, Actor};
 use crate::plugin::{Registry, Subject};
 use crate::scheduler::{self, NewUsersPlan};
 use crate::store::{self, UserFields};
 use axum::body::Bytes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,14 +241,13 @@ async fn write(pool: &PgPool, batch: &Prepared) -> sqlx::Result<u64> {
     .await
 }
 
-/// Returns once every batch committed so far is on disk. A transaction that
-/// has an id commits synchronously, and its commit waits for all the
-/// write-ahead log before it, every batch's commit included.
-async fn make_durable(pool: &PgPool) -> sqlx::Result<()> {
+/// Writes the import's one audit entry, with its counts, and returns once
+/// every batch committed before it is on disk: the entry's transaction
+/// commits synchronously, and its commit waits for all the write-ahead log
+/// before it, every batch's commit included.
+async fn record_and_make_durable(pool: &PgPool, actor: &Actor, detail: Value) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT txid_current()")
-        .execute(&mut *tx)
-        .await?;
+    audit::record(&mut tx, actor, "users.import", "users", detail).await?;
     tx.commit().await
 }
 
@@ -273,6 +274,7 @@ pub async fn import_users<S, E>(
     registry: &Arc<Registry>,
     body: S,
     parse: ParseLine,
+    actor: &Actor,
 ) -> Result<ImportReport, ImportError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -290,9 +292,6 @@ where
             let written = write(pool, &batch).await?;
             imported.fetch_add(batch.users.len() as u64, Ordering::Relaxed);
             events_planned.fetch_add(written, Ordering::Relaxed);
-        }
-        if imported.load(Ordering::Relaxed) > 0 {
-            make_durable(pool).await?;
         }
         Ok::<(), ImportError>(())
     };
@@ -345,10 +344,36 @@ where
         Ok((splitter.lines(), rejections))
     };
 
-    let ((lines, rejections), ()) = tokio::try_join!(reader, writer)?;
+    let joined = tokio::try_join!(reader, writer);
+    let (imported, events_planned) = (imported.into_inner(), events_planned.into_inner());
+    let ((lines, rejections), ()) = match joined {
+        Ok(done) => done,
+        Err(error) => {
+            // What was written stays written, and is on record as such.
+            if imported > 0 {
+                let detail = json!({
+                    "imported": imported,
+                    "events_planned": events_planned,
+                    "error": error.to_string(),
+                });
+                if let Err(e) = record_and_make_durable(pool, actor, detail).await {
+                    tracing::error!(error = %e, imported, "recording a failed import in the audit log failed");
+                }
+            }
+            return Err(error);
+        }
+    };
+    if imported > 0 {
+        let detail = json!({
+            "imported": imported,
+            "events_planned": events_planned,
+            "rejected": rejections.count,
+        });
+        record_and_make_durable(pool, actor, detail).await?;
+    }
     let report = ImportReport {
-        imported: imported.into_inner(),
-        events_planned: events_planned.into_inner(),
+        imported,
+        events_planned,
         rejected: rejections.listed,
         rejected_count: rejections.count,
     };

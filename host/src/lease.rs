@@ -93,6 +93,37 @@ pub struct Completion {
     pub event_type_version: Option<String>,
     /// What the attempt told about its endpoint; `None` when nothing was sent.
     pub attempted: Option<crate::endpoints::Attempted>,
+    /// The attempt for the event's attempt log; `None` when no attempt was
+    /// made (given back, the user gone, held by an endpoint's pause).
+    pub attempt: Option<AttemptRecord>,
+}
+
+/// One delivery attempt as `GET /events/{id}/attempts` shows it, written
+/// with its outcome (`complete`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub at: DateTime<Utc>,
+    /// The replica that made it.
+    pub replica: Uuid,
+    /// The HTTP status, when one came back.
+    pub status: Option<u16>,
+    pub latency: Duration,
+    /// The target resolved to an address not allowed: no connection made.
+    pub refused: bool,
+}
+
+impl AttemptRecord {
+    /// What the attempt log says became of it; `None` for an outcome that
+    /// is not an attempt's.
+    fn outcome(&self, outcome: &DeliveryOutcome) -> Option<&'static str> {
+        Some(match outcome {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Retry { .. } | DeliveryOutcome::Held { .. } => "retry",
+            DeliveryOutcome::Failed { .. } if self.refused => "refused",
+            DeliveryOutcome::Failed { .. } => "failed",
+            DeliveryOutcome::Cancelled { .. } | DeliveryOutcome::Released => return None,
+        })
+    }
 }
 
 /// A claimed event with its user as the claim read them: everything a
@@ -154,21 +185,10 @@ impl ClaimRow {
     }
 }
 
-/// Claims up to `limit` due events of the given types, oldest first, under a
-/// fresh lease, each with its user read in the same statement. Only types
-/// this host has loaded are claimed: an event of a type it lacks is left for
-/// a replica that has it.
-pub async fn claim_due_events(
-    pool: &PgPool,
-    limit: usize,
-    lease: Duration,
-    types: &[String],
-) -> sqlx::Result<Vec<Claimed>> {
-    if types.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows: Vec<ClaimRow> = sqlx::query_as(
-        "WITH due AS MATERIALIZED ( \
+/// The claim: due events of the given types ($4), oldest first, up to $1,
+/// under lease $2 for $3 seconds, each with its user. It reads `events`
+/// only, never the history.
+pub const CLAIM: &str = "WITH due AS MATERIALIZED ( \
              SELECT id FROM events \
              WHERE status = 'pending' AND run_at <= now() AND event_type = ANY($4) \
              ORDER BY run_at \
@@ -184,14 +204,28 @@ pub async fn claim_due_events(
          SELECT c.*, u.first_name, u.last_name, u.timezone AS user_timezone, u.dates, \
              u.attributes, u.created_at AS user_created_at, u.updated_at AS user_updated_at \
          FROM claimed c LEFT JOIN users u ON u.id = c.user_id \
-         ORDER BY c.due_at",
-    )
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .bind(Uuid::new_v4())
-    .bind(lease.as_secs_f64())
-    .bind(types)
-    .fetch_all(pool)
-    .await?;
+         ORDER BY c.due_at";
+
+/// Claims up to `limit` due events of the given types, oldest first, under a
+/// fresh lease, each with its user read in the same statement. Only types
+/// this host has loaded are claimed: an event of a type it lacks is left for
+/// a replica that has it.
+pub async fn claim_due_events(
+    pool: &PgPool,
+    limit: usize,
+    lease: Duration,
+    types: &[String],
+) -> sqlx::Result<Vec<Claimed>> {
+    if types.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(Uuid::new_v4())
+        .bind(lease.as_secs_f64())
+        .bind(types)
+        .fetch_all(pool)
+        .await?;
     crate::metrics::claim_batch(rows.len());
     Ok(rows.into_iter().map(ClaimRow::into_claimed).collect())
 }
@@ -261,13 +295,21 @@ pub async fn complete(pool: &PgPool, completions: &[Completion]) -> anyhow::Resu
 /// An outcome with no `event_type_version` (no message was made) keeps the
 /// event's, as `AGAIN` does.
 const FINISH: &str = "WITH c AS ( \
-        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[]) \
-        AS c(id, lease_id, status, error, version)), \
+        SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+            $6::timestamptz[], $7::uuid[], $8::smallint[], $9::int[], $10::text[]) \
+        AS c(id, lease_id, status, error, version, a_at, a_replica, a_status, a_latency, \
+            a_outcome)), \
     finished AS ( \
         DELETE FROM events e USING c \
         WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
         RETURNING e.*, c.status AS outcome, c.error AS outcome_error, \
-            c.version AS outcome_version) \
+            c.version AS outcome_version, c.a_at, c.a_replica, c.a_status, c.a_latency, \
+            c.a_outcome), \
+    attempts AS ( \
+        INSERT INTO event_attempts (event_id, due_at, at, replica, status, latency_ms, error, \
+            outcome) \
+        SELECT id, due_at, a_at, a_replica, a_status, a_latency, outcome_error, a_outcome \
+        FROM finished WHERE a_outcome IS NOT NULL) \
     INSERT INTO event_history (id, user_id, event_type, occurrence, timezone, due_at, \
         run_at, status, attempts, attempts_before_retry, last_error, lease_id, \
         lease_until, delivered_at, created_at, updated_at, event_type_version) \
@@ -280,17 +322,32 @@ const FINISH: &str = "WITH c AS ( \
     RETURNING id";
 
 /// Records outcomes that leave an event pending (retried, given back).
-const AGAIN: &str = "UPDATE events e SET \
-        status = 'pending', \
-        attempts = e.attempts - (c.status IN ('released', 'held'))::int, \
-        last_error = CASE WHEN c.status = 'released' THEN e.last_error ELSE c.error END, \
-        run_at = coalesce(c.run_at, e.run_at), \
-        event_type_version = coalesce(c.version, e.event_type_version), \
-        lease_id = NULL, lease_until = NULL, updated_at = now() \
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], \
-        $6::text[]) AS c(id, lease_id, status, error, run_at, version) \
-    WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
-    RETURNING e.id";
+///
+/// A held event whose attempt was sent (its endpoint is disabled or fails
+/// everything) is logged as an attempt to retry, though its count is given
+/// back: the log records what the receiver saw.
+const AGAIN: &str = "WITH again AS ( \
+        UPDATE events e SET \
+            status = 'pending', \
+            attempts = e.attempts - (c.status IN ('released', 'held'))::int, \
+            last_error = CASE WHEN c.status = 'released' THEN e.last_error ELSE c.error END, \
+            run_at = coalesce(c.run_at, e.run_at), \
+            event_type_version = coalesce(c.version, e.event_type_version), \
+            lease_id = NULL, lease_until = NULL, updated_at = now() \
+        FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], \
+            $6::text[], $7::timestamptz[], $8::uuid[], $9::smallint[], $10::int[], \
+            $11::text[]) \
+            AS c(id, lease_id, status, error, run_at, version, a_at, a_replica, a_status, \
+                a_latency, a_outcome) \
+        WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
+        RETURNING e.id, e.due_at, c.error, c.a_at, c.a_replica, c.a_status, c.a_latency, \
+            c.a_outcome), \
+    attempts AS ( \
+        INSERT INTO event_attempts (event_id, due_at, at, replica, status, latency_ms, error, \
+            outcome) \
+        SELECT id, due_at, a_at, a_replica, a_status, a_latency, error, a_outcome \
+        FROM again WHERE a_outcome IS NOT NULL) \
+    SELECT id FROM again";
 
 /// Outcomes as the arrays one statement binds.
 #[derive(Default)]
@@ -301,6 +358,12 @@ struct Outcomes<'a> {
     errors: Vec<Option<&'a str>>,
     run_ats: Vec<Option<DateTime<Utc>>>,
     versions: Vec<Option<&'a str>>,
+    /// The attempt log's columns; `outcome` is `None` for no attempt.
+    attempt_ats: Vec<Option<DateTime<Utc>>>,
+    attempt_replicas: Vec<Option<Uuid>>,
+    attempt_statuses: Vec<Option<i16>>,
+    attempt_latencies: Vec<Option<i32>>,
+    attempt_outcomes: Vec<Option<&'static str>>,
 }
 
 async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Result<()> {
@@ -334,6 +397,18 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
         into.errors.push(error);
         into.run_ats.push(run_at);
         into.versions.push(c.event_type_version.as_deref());
+        let attempt = c
+            .attempt
+            .as_ref()
+            .and_then(|a| Some((a, a.outcome(&c.outcome)?)));
+        into.attempt_ats.push(attempt.map(|(a, _)| a.at));
+        into.attempt_replicas.push(attempt.map(|(a, _)| a.replica));
+        into.attempt_statuses
+            .push(attempt.and_then(|(a, _)| a.status.map(|s| s as i16)));
+        into.attempt_latencies
+            .push(attempt.map(|(a, _)| i32::try_from(a.latency.as_millis()).unwrap_or(i32::MAX)));
+        into.attempt_outcomes
+            .push(attempt.map(|(_, outcome)| outcome));
     }
 
     let mut tx = pool.begin().await?;
@@ -357,6 +432,11 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
                 .bind(&finished.statuses)
                 .bind(&finished.errors)
                 .bind(&finished.versions)
+                .bind(&finished.attempt_ats)
+                .bind(&finished.attempt_replicas)
+                .bind(&finished.attempt_statuses)
+                .bind(&finished.attempt_latencies)
+                .bind(&finished.attempt_outcomes)
                 .fetch_all(&mut *tx)
                 .await?,
         );
@@ -370,6 +450,11 @@ async fn complete_once(pool: &PgPool, completions: &[Completion]) -> sqlx::Resul
                 .bind(&again.errors)
                 .bind(&again.run_ats)
                 .bind(&again.versions)
+                .bind(&again.attempt_ats)
+                .bind(&again.attempt_replicas)
+                .bind(&again.attempt_statuses)
+                .bind(&again.attempt_latencies)
+                .bind(&again.attempt_outcomes)
                 .fetch_all(&mut *tx)
                 .await?,
         );

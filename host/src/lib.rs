@@ -9,10 +9,15 @@
 //! reach and keeps URLs out of stored errors. `event_types` loads, replaces
 //! and unloads types in a running host; `plugin_kit` is `kairos plugin
 //! check|new`. `startup` wires it all and `supervisor` keeps its loops
-//! running; `embedded_pg` is the default database.
+//! running; `retention` keeps history's daily partitions, `audit` the
+//! record of every change, and `ops` tells an operator's webhook when
+//! things go wrong; `embedded_pg` is
+//! the default database.
 
 pub mod ahead;
 pub mod ahead_cli;
+pub mod audit;
+pub mod audit_cli;
 pub mod claimer;
 pub mod config;
 pub mod delivery;
@@ -25,10 +30,12 @@ pub mod import;
 pub mod import_cli;
 pub mod lease;
 pub mod metrics;
+pub mod ops;
 pub mod outbound;
 pub mod plugin;
 pub mod plugin_kit;
 pub mod replan;
+pub mod retention;
 pub mod scheduler;
 pub mod signing;
 pub mod startup;

@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             })
         }
         Command::Simulate(args) => Ok(kairos::ahead_cli::simulate(&args).await),
+        Command::Audit(args) => Ok(kairos::audit_cli::run(&args).await),
         Command::Plugin(PluginCommand::Diff {
             name,
             file,

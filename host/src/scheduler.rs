@@ -371,6 +371,7 @@ pub async fn run_pass(
     }
     if done.failed > 0 {
         tracing::warn!(event_type = %name, failed = done.failed, "the type failed for some users; they keep their events and are planned again later");
+        crate::ops::note_type_failing(pool, &name, generation, seen).await?;
     }
     tracing::info!(
         event_type = %name,

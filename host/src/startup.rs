@@ -31,6 +31,9 @@ pub struct Application {
     replanner_state: Arc<LoopState>,
     follower_state: Arc<LoopState>,
     endpoints_state: Arc<LoopState>,
+    keeper_state: Arc<LoopState>,
+    /// The operational webhooks' sender, when `KAIROS_OPS_WEBHOOK_URL` is set.
+    ops_state: Option<Arc<LoopState>>,
     /// Kept so the embedded cluster stops when the application is dropped.
     embedded: Option<EmbeddedPostgres>,
     /// Kept so the plugin directory stays watched while the application runs.
@@ -78,6 +81,7 @@ impl Application {
             follow: settings.follow,
         };
         tracing::info!(replica = %fleet.replica, host = %fleet.host, "joining the fleet");
+        let replica = fleet.replica;
         let event_types = Arc::new(EventTypes::new(
             pool.clone(),
             registry.clone(),
@@ -117,7 +121,7 @@ impl Application {
             .await
             .context("reading the fleet's endpoints")?;
         let deliverer = Arc::new(
-            Deliverer::new(registry.clone(), client, settings.delivery())
+            Deliverer::new(registry.clone(), client, settings.delivery(), replica)
                 .with_endpoints(endpoints.clone()),
         );
         let tokens = http::auth::Tokens::new(
@@ -134,11 +138,21 @@ impl Application {
         let replanner_state = Arc::new(LoopState::new("replanner"));
         let follower_state = Arc::new(LoopState::new("follower"));
         let endpoints_state = Arc::new(LoopState::new("endpoints"));
+        let keeper_state = Arc::new(LoopState::new("keeper"));
+        let ops_state = settings
+            .ops_webhook_url
+            .is_some()
+            .then(|| Arc::new(LoopState::new("ops")));
         let mut loops = Vec::new();
         if settings.claimer {
             loops.extend([claimer_state.clone(), replanner_state.clone()]);
         }
-        loops.extend([follower_state.clone(), endpoints_state.clone()]);
+        loops.extend([
+            follower_state.clone(),
+            endpoints_state.clone(),
+            keeper_state.clone(),
+        ]);
+        loops.extend(ops_state.clone());
         Ok(Self {
             state: AppState {
                 pool,
@@ -154,6 +168,8 @@ impl Application {
             replanner_state,
             follower_state,
             endpoints_state,
+            keeper_state,
+            ops_state,
             listener,
             settings,
             embedded,
@@ -240,6 +256,24 @@ impl Application {
             move || endpoints.clone().run(wait_stop(rx.clone())),
             stop_rx.clone(),
         )));
+        let (pool, retention, rx) = (
+            self.state.pool.clone(),
+            self.settings.retention_settings(),
+            stop_rx.clone(),
+        );
+        loops.push(tokio::spawn(supervisor::supervise(
+            self.keeper_state.clone(),
+            move || crate::retention::run(pool.clone(), retention, wait_stop(rx.clone())),
+            stop_rx.clone(),
+        )));
+        if let (Some(state), Some(ops)) = (self.ops_state.clone(), self.settings.ops_settings()) {
+            let (pool, rx) = (self.state.pool.clone(), stop_rx.clone());
+            loops.push(tokio::spawn(supervisor::supervise(
+                state,
+                move || crate::ops::run(pool.clone(), ops.clone(), wait_stop(rx.clone())),
+                stop_rx.clone(),
+            )));
+        }
         tracing::info!(addr = %self.local_addr(), "kairos is serving");
         let app = http::router(self.state.clone());
         let server = axum::serve(self.listener, app).with_graceful_shutdown(wait_stop(stop_rx));

@@ -361,9 +361,49 @@ pub async fn get_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Event>> {
     .await
 }
 
+/// One delivery attempt of an event (`GET /events/{id}/attempts`).
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
+pub struct Attempt {
+    /// 1 for the first attempt, rising.
+    pub n: i64,
+    /// When it started.
+    pub at: DateTime<Utc>,
+    /// The replica that made it.
+    pub replica: Uuid,
+    /// The receiver's HTTP status; `None` when none came back.
+    #[schema(required = true)]
+    pub status: Option<i16>,
+    pub latency_ms: i32,
+    /// What went wrong, without a URL's credentials or query string.
+    #[schema(required = true)]
+    pub error: Option<String>,
+    /// delivered, retry, failed, or refused (an address not allowed: no
+    /// connection was made).
+    pub outcome: String,
+}
+
+/// An event's attempts, oldest first; `None` when there is no such event.
+pub async fn event_attempts(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Vec<Attempt>>> {
+    let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM all_events WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+    if !known {
+        return Ok(None);
+    }
+    sqlx::query_as(
+        "SELECT row_number() OVER (ORDER BY at) AS n, at, replica, status, latency_ms, error, \
+         outcome FROM event_attempts WHERE event_id = $1 ORDER BY at",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .map(Some)
+}
+
 /// Puts a `failed` event back to `pending`, runnable now, with a fresh round
 /// of attempts. `None` when the event is not failed (or does not exist).
-pub async fn retry_failed_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Event>> {
+pub async fn retry_failed_event(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Event>> {
     sqlx::query_as(concat!(
         "WITH failed AS ( \
              DELETE FROM event_history WHERE id = $1 AND status = 'failed' RETURNING *) \
@@ -376,7 +416,7 @@ pub async fn retry_failed_event(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<
         event_columns!()
     ))
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await
 }
 
@@ -408,11 +448,13 @@ pub async fn cancel_unplanned_pending(
                            AS p(event_type, occurrence, due_at) \
                            WHERE p.event_type = e.event_type AND p.occurrence = e.occurrence \
                              AND p.due_at = e.due_at) \
-           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::timestamp[]) \
-                           AS p(event_type, occurrence) \
+           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::timestamp[], \
+                               $4::timestamptz[]) AS p(event_type, occurrence, due_at) \
                            JOIN event_history h ON h.user_id = e.user_id \
                             AND h.event_type = p.event_type AND h.occurrence = p.occurrence \
                             AND h.status <> 'cancelled' \
+                            AND h.due_at BETWEEN p.due_at - interval '3 days' \
+                                             AND p.due_at + interval '3 days' \
                            WHERE p.event_type = e.event_type) \
          RETURNING e.*"
     ))
@@ -496,7 +538,9 @@ impl<'a> PlanColumns<'a> {
 
 /// Inserts planned events as pending; an occurrence that already has a live
 /// event is left alone (the unique key makes generation idempotent), and so
-/// is one delivered or failed before (its row is in the history). Rows go
+/// is one delivered or failed before (its row is in the history; the same
+/// occurrence is due within a day of the plan in any timezone, so the check
+/// reads the history's partitions of those few days, not all of them). Rows go
 /// in key order, so two transactions inserting overlapping plans (a
 /// scheduling pass and a delivery's next occurrence) wait on each other in
 /// the same order instead of deadlocking.
@@ -517,7 +561,9 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
          WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id) \
            AND NOT EXISTS (SELECT 1 FROM event_history h \
                            WHERE h.user_id = p.user_id AND h.event_type = p.event_type \
-                             AND h.occurrence = p.occurrence AND h.status <> 'cancelled') \
+                             AND h.occurrence = p.occurrence AND h.status <> 'cancelled' \
+                             AND h.due_at BETWEEN p.due_at - interval '3 days' \
+                                              AND p.due_at + interval '3 days') \
          ORDER BY p.n \
          ON CONFLICT (user_id, event_type, occurrence) WHERE status <> 'cancelled' DO NOTHING",
     ))
@@ -597,11 +643,13 @@ pub async fn cancel_unplanned_pending_of_type(
                            AS p(user_id, occurrence, due_at) \
                            WHERE p.user_id = e.user_id AND p.occurrence = e.occurrence \
                              AND p.due_at = e.due_at) \
-           AND NOT EXISTS (SELECT 1 FROM unnest($3::uuid[], $4::timestamp[]) \
-                           AS p(user_id, occurrence) \
+           AND NOT EXISTS (SELECT 1 FROM unnest($3::uuid[], $4::timestamp[], \
+                               $5::timestamptz[]) AS p(user_id, occurrence, due_at) \
                            JOIN event_history h ON h.user_id = p.user_id \
                             AND h.event_type = e.event_type AND h.occurrence = p.occurrence \
                             AND h.status <> 'cancelled' \
+                            AND h.due_at BETWEEN p.due_at - interval '3 days' \
+                                             AND p.due_at + interval '3 days' \
                            WHERE p.user_id = e.user_id) \
          RETURNING e.*"
     ))

@@ -255,5 +255,23 @@ async fn an_event_whose_webhook_goes_to_a_refused_address_fails_at_once_without_
         assert!(error.starts_with(refusal), "{host}: {error}");
         assert!(error.contains("KAIROS_WEBHOOK_ALLOW"), "{error}");
         assert!(app.receiver.received().is_empty(), "no connection was made");
+        let attempts: Value = app
+            .get(&format!("/events/{event_id}/attempts"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let attempts = attempts.as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        assert_eq!(attempts[0]["outcome"], "refused", "{host}: {attempts:?}");
+        assert_eq!(
+            attempts[0]["status"],
+            Value::Null,
+            "no answer: {attempts:?}"
+        );
+        assert!(
+            attempts[0]["error"].as_str().unwrap().starts_with(refusal),
+            "{attempts:?}"
+        );
     }
 }

@@ -501,6 +501,7 @@ async fn two_replicas_starting_one_pass_at_once_run_it_once_and_write_one_event_
             settings: &settings,
             source: fleet::Source::Api,
             file_modified: None,
+            actor: &kairos::audit::Actor::kairos(),
         },
     )
     .await

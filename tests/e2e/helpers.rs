@@ -560,6 +560,20 @@ impl TestApp {
         assert_eq!(updated, 1);
     }
 
+    /// Makes a pending event runnable now without moving its due time, as
+    /// a claimer whose clock runs ahead would take it (its history and
+    /// attempts are filed by that due time).
+    pub async fn make_runnable(&self, event_id: &str) {
+        let updated =
+            sqlx::query("UPDATE events SET run_at = now() - interval '1 second' WHERE id = $1")
+                .bind(Uuid::parse_str(event_id).unwrap())
+                .execute(&self.pool)
+                .await
+                .unwrap()
+                .rows_affected();
+        assert_eq!(updated, 1);
+    }
+
     /// One claimer step: claim due events, deliver, record. Returns the count claimed.
     pub async fn run_claimer_once(&self) -> usize {
         self.claimer.run_once().await.expect("claimer step")

@@ -5,6 +5,7 @@
 mod access;
 mod ahead;
 mod api;
+mod audit;
 mod delivery;
 mod embedded;
 mod endpoints;
@@ -18,7 +19,9 @@ mod lifecycle;
 mod limits;
 mod openapi;
 mod operations;
+mod ops;
 mod polyglot;
+mod record;
 mod scheduling;
 mod series;
 mod status_page;

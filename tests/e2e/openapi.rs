@@ -15,7 +15,7 @@ enum Kind {
 }
 
 /// Every route the host serves: method, path template, who may call it.
-const ROUTES: [(&str, &str, Kind); 23] = [
+const ROUTES: [(&str, &str, Kind); 25] = [
     ("get", "/users", Kind::Client),
     ("post", "/users", Kind::Client),
     ("get", "/users/{id}", Kind::Client),
@@ -25,6 +25,7 @@ const ROUTES: [(&str, &str, Kind); 23] = [
     ("post", "/users/import", Kind::Client),
     ("get", "/events", Kind::Client),
     ("post", "/events/{id}/retry", Kind::Client),
+    ("get", "/events/{id}/attempts", Kind::Client),
     ("get", "/simulate", Kind::Client),
     ("get", "/event-types", Kind::Open),
     ("get", "/event-types/{name}", Kind::Open),
@@ -34,6 +35,7 @@ const ROUTES: [(&str, &str, Kind); 23] = [
     ("put", "/endpoints/{id}", Kind::Admin),
     ("post", "/endpoints/{id}/enable", Kind::Admin),
     ("post", "/endpoints/{id}/disable", Kind::Admin),
+    ("get", "/audit", Kind::Admin),
     ("get", "/", Kind::Open),
     ("get", "/health", Kind::Open),
     ("get", "/ready", Kind::Open),

@@ -197,7 +197,7 @@ async fn a_host_killed_ten_times_while_delivering_loses_nothing_and_resends_only
     let database_url = fresh_database().await;
     let receiver = Receiver::start().await;
     let loader = spawn_app_on(test_settings(&database_url, &receiver), receiver.clone()).await;
-    const EVENTS: usize = 20_000;
+    const EVENTS: usize = 40_000;
     backlog(&loader, EVENTS).await;
 
     let seed = std::env::var("KAIROS_KILL_SEED")
@@ -222,7 +222,7 @@ async fn a_host_killed_ten_times_while_delivering_loses_nothing_and_resends_only
     let mut kills = Vec::new();
     for _ in 0..10 {
         let host = KairosProcess::start_in(&data_dir, &database_url, &receiver, &settings).await;
-        tokio::time::sleep(Duration::from_millis(100 + moments.below(900))).await;
+        tokio::time::sleep(Duration::from_millis(100 + moments.below(600))).await;
         let before = Instant::now();
         host.kill().await;
         // Bytes it wrote just before dying may still reach the receiver.

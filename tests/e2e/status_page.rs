@@ -180,8 +180,8 @@ async fn the_status_page_shows_the_apis_counts_hides_people_and_retries_with_the
         "the page reloaded instead of refreshing in place"
     );
 
-    // With the admin token: the failure, its error, and a retry button
-    // that puts it back to pending.
+    // With the admin token: the failure, its error and attempts, and a
+    // retry button that puts it back to pending.
     page.find_element("input[name=token]")
         .await
         .unwrap()
@@ -203,6 +203,21 @@ async fn the_status_page_shows_the_apis_counts_hides_people_and_retries_with_the
     let html = page.content().await.unwrap();
     assert!(html.contains(&failed_id), "the failed event is listed");
     assert!(html.contains("HTTP 400"), "with its error");
+    // And its attempt log: one attempt, answered 400, failed.
+    let attempts = page
+        .evaluate(format!(
+            "Array.from(document.querySelectorAll(\"tr[data-attempts-of='{failed_id}'] li\"))\
+                 .map(li => li.dataset.outcome + ' ' + li.textContent)"
+        ))
+        .await
+        .unwrap()
+        .into_value::<Vec<String>>()
+        .unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(
+        attempts[0].starts_with("failed #1") && attempts[0].contains("HTTP 400"),
+        "{attempts:?}"
+    );
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     page.save_screenshot(ScreenshotParams::builder().full_page(true).build(), &shot)
         .await

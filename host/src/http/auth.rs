@@ -8,8 +8,11 @@
 
 use super::AppState;
 use super::error::ApiError;
+use crate::audit::{self, Actor};
+use axum::extract::FromRequestParts;
 use axum::extract::{Request, State};
 use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
@@ -74,13 +77,7 @@ impl Tokens {
     }
 
     fn grant_of(&self, headers: &axum::http::HeaderMap) -> Grant {
-        let Some(given) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        else {
+        let Some(given) = bearer(headers) else {
             return Grant::None;
         };
         let given = digest(given);
@@ -99,6 +96,34 @@ impl Tokens {
         } else {
             Grant::None
         }
+    }
+}
+
+/// The bearer token a request carries, if any.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Who is calling, for the audit log: the fingerprint of the token the
+/// request was let in with, or `anonymous` on a client route left open.
+impl FromRequestParts<AppState> for Actor {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(match bearer(&parts.headers) {
+            Some(token) if state.tokens.grant_of(&parts.headers) != Grant::None => {
+                Actor(audit::fingerprint(token))
+            }
+            _ => Actor(audit::ANONYMOUS.to_string()),
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 use super::error::{ApiError, ErrorBody};
 use super::json::{ValidJson, ValidPath};
 use super::{AppState, auth};
+use crate::audit::Actor;
 use crate::endpoints::Endpoint;
 use axum::extract::State;
 use axum::middleware::from_fn_with_state;
@@ -51,9 +52,10 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Endpo
 )]
 pub(super) async fn enable(
     State(state): State<AppState>,
+    actor: Actor,
     ValidPath(id): ValidPath<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
-    by_hand(&state, &id, true).await
+    by_hand(&state, &id, true, &actor).await
 }
 
 #[utoipa::path(
@@ -72,9 +74,10 @@ pub(super) async fn enable(
 )]
 pub(super) async fn disable(
     State(state): State<AppState>,
+    actor: Actor,
     ValidPath(id): ValidPath<String>,
 ) -> Result<Json<Endpoint>, ApiError> {
-    by_hand(&state, &id, false).await
+    by_hand(&state, &id, false, &actor).await
 }
 
 /// The body of `PUT /endpoints/{id}`.
@@ -109,6 +112,7 @@ const MAX_RATE: f64 = 100_000.0;
 )]
 pub(super) async fn update(
     State(state): State<AppState>,
+    actor: Actor,
     ValidPath(id): ValidPath<String>,
     ValidJson(update): ValidJson<EndpointUpdate>,
 ) -> Result<Json<Endpoint>, ApiError> {
@@ -122,16 +126,21 @@ pub(super) async fn update(
     }
     state
         .endpoints
-        .set_rate(&id, update.rate_per_s)
+        .set_rate(&id, update.rate_per_s, &actor)
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("endpoint"))
 }
 
-async fn by_hand(state: &AppState, id: &str, enable: bool) -> Result<Json<Endpoint>, ApiError> {
+async fn by_hand(
+    state: &AppState,
+    id: &str,
+    enable: bool,
+    actor: &Actor,
+) -> Result<Json<Endpoint>, ApiError> {
     state
         .endpoints
-        .set_by_hand(id, enable)
+        .set_by_hand(id, enable, actor)
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("endpoint"))

@@ -5,6 +5,7 @@ use super::error::{ApiError, ErrorBody};
 use super::json::ValidPath;
 use super::{AppState, auth};
 use crate::ahead::preview;
+use crate::audit::Actor;
 use crate::event_types::{Change, UploadError};
 use crate::outbound::{self, AllowList};
 use crate::plugin::{LoadedPlugin, PluginConfig, PluginFile, PluginSource, valid_type_name};
@@ -278,6 +279,7 @@ pub(super) async fn show(
 )]
 pub(super) async fn upload(
     State(state): State<AppState>,
+    actor: Actor,
     ValidPath(name): ValidPath<String>,
     Query(query): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
@@ -324,7 +326,7 @@ pub(super) async fn upload(
     }
     match state
         .event_types
-        .upload(&name, body.to_vec(), settings)
+        .upload(&name, body.to_vec(), settings, &actor)
         .await
     {
         Ok((change, plugin)) => {
@@ -356,9 +358,10 @@ pub(super) async fn upload(
 )]
 pub(super) async fn unload(
     State(state): State<AppState>,
+    actor: Actor,
     ValidPath(name): ValidPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    match state.event_types.unload(&name).await? {
+    match state.event_types.unload(&name, &actor).await? {
         Some(_) => Ok(StatusCode::NO_CONTENT),
         None => Err(ApiError::NotFound("event type")),
     }

@@ -4,11 +4,13 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::json::ValidPath;
 use super::users::parse_id;
-use crate::store::{self, Event};
+use crate::audit::{self, Actor};
+use crate::store::{self, Attempt, Event};
 use axum::extract::{Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::json;
 use std::collections::BTreeMap;
 
 const STATUSES: [&str; 5] = ["pending", "processing", "delivered", "failed", "cancelled"];
@@ -17,6 +19,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/events", get(list_events))
         .route("/events/{id}/retry", post(retry_event))
+        .route("/events/{id}/attempts", get(event_attempts))
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,12 +88,18 @@ pub(super) async fn list_events(
 )]
 pub(super) async fn retry_event(
     State(state): State<AppState>,
+    actor: Actor,
     ValidPath(id): ValidPath<String>,
 ) -> Result<Json<Event>, ApiError> {
     let id = parse_id("id", &id)?;
-    if let Some(event) = store::retry_failed_event(&state.pool, id).await? {
+    let mut tx = state.pool.begin().await?;
+    if let Some(event) = store::retry_failed_event(&mut tx, id).await? {
+        let detail = json!({"event_type": event.event_type, "attempts": event.attempts});
+        audit::record(&mut tx, &actor, "event.retry", &id.to_string(), detail).await?;
+        tx.commit().await?;
         return Ok(Json(event));
     }
+    drop(tx);
     match store::get_event(&state.pool, id).await? {
         None => Err(ApiError::NotFound("event")),
         Some(event) => Err(ApiError::Conflict(format!(
@@ -98,4 +107,29 @@ pub(super) async fn retry_event(
             event.status
         ))),
     }
+}
+
+#[utoipa::path(
+    get,
+    path = "/events/{id}/attempts",
+    tag = "events",
+    security(("client_token" = []), ("admin_token" = [])),
+    params(("id" = Uuid, Path, description = "The event's id")),
+    responses(
+        (status = 200, description = "Every attempt of the event whose outcome was recorded, oldest first", body = Vec<Attempt>),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody),
+        (status = 401, description = "No token, or one this host does not accept", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+        (status = 500, description = "Unexpected failure (logged, not shown)", body = ErrorBody),
+    )
+)]
+pub(super) async fn event_attempts(
+    State(state): State<AppState>,
+    ValidPath(id): ValidPath<String>,
+) -> Result<Json<Vec<Attempt>>, ApiError> {
+    let id = parse_id("id", &id)?;
+    store::event_attempts(&state.pool, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("event"))
 }

@@ -1,5 +1,6 @@
 //! The REST API: one router per resource, sharing `AppState`.
 
+mod audit;
 pub mod auth;
 mod endpoints;
 mod error;
@@ -71,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .merge(client)
         .merge(event_types::router(&state))
         .merge(endpoints::router(&state))
+        .merge(audit::router(&state))
         .route("/", get(status::page))
         .route("/health", get(health))
         .route("/ready", get(ready))

@@ -3,7 +3,7 @@
 //! they take and answer.
 
 use super::error::ErrorBody;
-use super::{endpoints, event_types, events, simulate, status, users};
+use super::{audit, endpoints, event_types, events, simulate, status, users};
 use axum::http::header;
 use axum::response::IntoResponse;
 use std::sync::LazyLock;
@@ -35,6 +35,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         users::import_users,
         events::list_events,
         events::retry_event,
+        events::event_attempts,
         simulate::simulate,
         event_types::list,
         event_types::show,
@@ -44,6 +45,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         endpoints::update,
         endpoints::enable,
         endpoints::disable,
+        audit::list,
         status::page,
         super::health,
         super::ready,
@@ -58,6 +60,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
         (name = "simulate", description = "Every message the loaded types would send in a window (client routes)"),
         (name = "event-types", description = "Loaded event types: listing is open, changes take the admin token"),
         (name = "endpoints", description = "Where webhooks go, and their health (admin routes)"),
+        (name = "audit", description = "Every change made through the API or the plugin directory (admin route)"),
         (name = "operations", description = "Probes, metrics and this document (open routes)"),
     )
 )]

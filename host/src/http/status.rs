@@ -3,7 +3,8 @@
 //! every 5 s and swaps the figures in place. Without the admin token it
 //! shows counts, the chart, endpoints and types — no person's name or
 //! date; with it (typed into the page, sent as a bearer token), the latest
-//! failures with their error, and retry and enable buttons.
+//! failures with their error and every attempt, and retry and enable
+//! buttons.
 
 use super::AppState;
 use super::error::ApiError;
@@ -77,6 +78,21 @@ struct Failure {
     due_at: DateTime<Utc>,
     attempts: i32,
     last_error: Option<String>,
+    /// Its attempt log, oldest first.
+    #[sqlx(skip)]
+    tries: Vec<Try>,
+}
+
+/// One attempt of a failed event, as the admin view lists it.
+#[derive(sqlx::FromRow)]
+struct Try {
+    event_id: Uuid,
+    n: i64,
+    at: DateTime<Utc>,
+    status: Option<i16>,
+    latency_ms: i32,
+    outcome: String,
+    error: Option<String>,
 }
 
 impl Figures {
@@ -138,13 +154,7 @@ impl Figures {
             })
             .collect();
         let failures = if admin {
-            sqlx::query_as(
-                "SELECT id, user_id, event_type, due_at, attempts, last_error FROM event_history \
-                 WHERE status = 'failed' ORDER BY updated_at DESC, id LIMIT $1",
-            )
-            .bind(FAILURES_LISTED)
-            .fetch_all(pool)
-            .await?
+            failures(pool).await?
         } else {
             Vec::new()
         };
@@ -159,6 +169,32 @@ impl Figures {
             failures,
         })
     }
+}
+
+/// The latest failed events, each with its attempts.
+async fn failures(pool: &PgPool) -> sqlx::Result<Vec<Failure>> {
+    let mut failures: Vec<Failure> = sqlx::query_as(
+        "SELECT id, user_id, event_type, due_at, attempts, last_error FROM event_history \
+         WHERE status = 'failed' ORDER BY updated_at DESC, id LIMIT $1",
+    )
+    .bind(FAILURES_LISTED)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<Uuid> = failures.iter().map(|f| f.id).collect();
+    let tries: Vec<Try> = sqlx::query_as(
+        "SELECT event_id, row_number() OVER (PARTITION BY event_id ORDER BY at) AS n, at, \
+             status, latency_ms, outcome, error \
+         FROM event_attempts WHERE event_id = ANY($1) ORDER BY event_id, at",
+    )
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    for attempt in tries {
+        if let Some(f) = failures.iter_mut().find(|f| f.id == attempt.event_id) {
+            f.tries.push(attempt);
+        }
+    }
+    Ok(failures)
 }
 
 /// Events with `status`: exact up to `EXACT_UP_TO`, else the planner's
@@ -326,6 +362,22 @@ fn live(figures: &Figures, admin: bool, token_given: bool) -> Markup {
                                     td class="error" { (f.last_error.as_deref().unwrap_or("")) }
                                     td { button type="button" class="retry" data-event=(f.id) { "Retry" } }
                                 }
+                                @if !f.tries.is_empty() {
+                                    tr class="attempts" data-attempts-of=(f.id) {
+                                        td colspan="7" {
+                                            ol {
+                                                @for t in &f.tries {
+                                                    li data-outcome=(t.outcome) {
+                                                        "#" (t.n) " · " (t.at.format("%Y-%m-%d %H:%M:%S UTC"))
+                                                        " · " @if let Some(status) = t.status { "HTTP " (status) } @else { "no answer" }
+                                                        " · " (t.latency_ms) " ms · " (t.outcome)
+                                                        @if let Some(error) = &t.error { " · " span class="error" { (error) } }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
@@ -387,7 +439,9 @@ rect.delivered { fill: #3aa663; } rect.failed { fill: #d9534f; } .axis { stroke:
 .tick { font-size: 10px; fill: #777; } .tick.end { text-anchor: end; }
 table { border-collapse: collapse; width: 100%; font-size: .9rem; }
 th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #eceef3; vertical-align: top; }
-td.error { color: #8a1c16; max-width: 28rem; overflow-wrap: anywhere; }
+tr.attempts td { border-bottom: 1px solid #d9dde6; padding-top: 0; }
+tr.attempts ol { margin: 0; padding-left: 1.5rem; color: #555; font-size: .8rem; }
+span.error, td.error { color: #8a1c16; max-width: 28rem; overflow-wrap: anywhere; }
 .state.disabled { color: #b3261e; font-weight: 600; } .state.active { color: #1b7f3b; }
 .replica { display: inline-block; background: #eef1f7; border-radius: 4px; padding: 0 .4rem; margin: 0 .25rem .2rem 0; font-size: .8rem; }
 .replica.stale { background: #fbe9e7; color: #8a1c16; }

@@ -3,6 +3,7 @@
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::json::{self, ValidJson, ValidPath};
+use crate::audit::{self, Actor};
 use crate::import::{self, ImportError, ImportReport, LineError};
 use crate::scheduler;
 use crate::store::{self, Event, User, UserFields};
@@ -14,6 +15,7 @@ use axum::{Json, Router};
 use chrono::{NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::Deserialize;
+use serde_json::json;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -194,6 +196,7 @@ pub fn parse_id(field: &str, text: &str) -> Result<Uuid, ApiError> {
 )]
 pub(super) async fn create_user(
     State(state): State<AppState>,
+    actor: Actor,
     ValidJson(input): ValidJson<UserInput>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let fields = input.validate()?;
@@ -202,6 +205,7 @@ pub(super) async fn create_user(
     let mut tx = state.pool.begin().await?;
     let user = store::insert_user(&mut tx, id, &fields).await?;
     scheduler::schedule_new_user(&mut tx, id, &plan).await?;
+    audit::record(&mut tx, &actor, "user.create", &id.to_string(), json!({})).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(user)))
 }
@@ -245,6 +249,7 @@ const NDJSON_TYPES: [&str; 3] = [
 )]
 pub(super) async fn import_users(
     State(state): State<AppState>,
+    actor: Actor,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ImportReport>, ApiError> {
@@ -271,6 +276,7 @@ pub(super) async fn import_users(
         &state.registry,
         body.into_data_stream(),
         parse_import_line,
+        &actor,
     )
     .await
     .map_err(|e| match e {
@@ -299,6 +305,7 @@ pub(super) async fn import_users(
 )]
 pub(super) async fn replace_user(
     State(state): State<AppState>,
+    actor: Actor,
     ValidPath(id): ValidPath<String>,
     ValidJson(input): ValidJson<UserInput>,
 ) -> Result<Json<User>, ApiError> {
@@ -311,6 +318,7 @@ pub(super) async fn replace_user(
         .await?
         .ok_or(ApiError::NotFound("user"))?;
     scheduler::reschedule_user(&mut tx, id, &plan).await?;
+    audit::record(&mut tx, &actor, "user.update", &id.to_string(), json!({})).await?;
     tx.commit().await?;
     Ok(Json(user))
 }
@@ -356,6 +364,7 @@ pub(super) async fn get_user(
 )]
 pub(super) async fn delete_user(
     State(state): State<AppState>,
+    actor: Actor,
     ValidPath(id): ValidPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id("id", &id)?;
@@ -363,6 +372,7 @@ pub(super) async fn delete_user(
     if !store::delete_user(&mut tx, id).await? {
         return Err(ApiError::NotFound("user"));
     }
+    audit::record(&mut tx, &actor, "user.delete", &id.to_string(), json!({})).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
