@@ -380,14 +380,14 @@ struct Claimable {
     wake_in: Option<Duration>,
 }
 
-/// Records outcomes (`lease::complete`), then counts the attempts per
-/// endpoint, which may disable or enable one.
+/// Counts the attempts per endpoint, which may disable or enable one, then
+/// records the outcomes (`lease::complete`): an event retried from another
+/// replica finds the fleet's failing streak already counting its attempt.
 async fn complete(
     pool: &PgPool,
     endpoints: Option<&Endpoints>,
     completions: &[Completion],
 ) -> anyhow::Result<()> {
-    lease::complete(pool, completions).await?;
     if let Some(endpoints) = endpoints {
         let attempted: Vec<_> = completions
             .iter()
@@ -397,6 +397,7 @@ async fn complete(
             tracing::warn!(%error, "counting attempts per endpoint failed");
         }
     }
+    lease::complete(pool, completions).await?;
     Ok(())
 }
 

@@ -381,12 +381,24 @@ impl Deliverer {
                                 let since = std::time::Instant::now()
                                     .checked_sub(gap.mul_f64(0.8))
                                     .unwrap_or_else(std::time::Instant::now);
-                                (contact == Contact::Down).then(|| {
-                                    (
-                                        endpoints.disabled(id),
-                                        endpoints.failing_everything(id, since),
-                                    )
-                                })
+                                match contact {
+                                    Contact::Down => {
+                                        let mut failing = endpoints.failing_everything(id, since);
+                                        // This replica may have seen only the
+                                        // last of the round's attempts: the
+                                        // fleet's streak decides.
+                                        if !failing
+                                            && this_round >= self.settings.retry.max_attempts
+                                        {
+                                            failing = endpoints
+                                                .failing_in_fleet(id, gap.mul_f64(0.8))
+                                                .await
+                                                .unwrap_or(false);
+                                        }
+                                        Some((endpoints.disabled(id), failing))
+                                    }
+                                    _ => None,
+                                }
                             }
                             _ => None,
                         };

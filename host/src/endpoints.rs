@@ -549,6 +549,27 @@ impl Endpoints {
             .store(!failing.is_empty(), Ordering::Relaxed);
     }
 
+    /// Whether the fleet's attempts to `endpoint` have all failed for at
+    /// least `for_at_least` (its failing streak, as the replicas recorded
+    /// it). Asked only when an event runs out of retries and this replica's
+    /// own view is too short to tell: its earlier attempts may have gone
+    /// out from other replicas.
+    pub async fn failing_in_fleet(
+        &self,
+        endpoint: &str,
+        for_at_least: Duration,
+    ) -> sqlx::Result<bool> {
+        sqlx::query_scalar(
+            "SELECT coalesce(failing_since <= now() - make_interval(secs => $2), false) \
+             FROM endpoints WHERE id = $1",
+        )
+        .bind(endpoint)
+        .bind(for_at_least.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .map(|f| f.unwrap_or(false))
+    }
+
     /// Whether everything sent to `endpoint` since `since` failed: it is
     /// disabled, or this replica's attempts have all failed since before
     /// `since` (no success or answer in between). An event that runs out of

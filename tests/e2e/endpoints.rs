@@ -169,6 +169,33 @@ async fn a_receiver_down_for_a_while_loses_nothing_and_gets_its_events_in_due_or
 }
 
 #[tokio::test]
+async fn retries_spent_across_replicas_on_a_failing_receiver_wait_instead_of_failing() {
+    // Two attempts from A, the last from B, which has seen nothing else of
+    // the receiver: the fleet's streak says it fails everything, so the
+    // event waits, as it would had one replica made all three attempts.
+    let a = spawn_app_with(|s| {
+        short_knobs(s);
+        s.claimer = false;
+        s.endpoint_disable_after = Duration::from_secs(600);
+    })
+    .await;
+    let mut b_settings = a.settings.clone();
+    b_settings.data_dir = b_settings.data_dir.with_extension("b");
+    let b = spawn_app_on(b_settings, a.receiver.clone()).await;
+    a.receiver.start_outage(503, None);
+    let event = due_events(&a, 1).await.remove(0);
+    for app in [&a, &a, &b] {
+        a.make_due(&event).await;
+        assert_eq!(app.run_claimer_once().await, 1);
+    }
+    assert_eq!(a.receiver.received().len(), 3);
+    let waiting = a.event(&event).await;
+    assert_eq!(waiting["status"], "pending", "{waiting}");
+    assert_eq!(failed_count(&a).await, 0);
+    assert_eq!(endpoints(&a).await[0]["state"], "active");
+}
+
+#[tokio::test]
 async fn a_disable_by_hand_holds_events_on_every_replica_until_enabled() {
     let a = spawn_app_with(|s| {
         short_knobs(s);
