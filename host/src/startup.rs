@@ -15,9 +15,10 @@ use crate::replan::Replanner;
 use crate::supervisor::{self, LoopState};
 use anyhow::Context;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -59,10 +60,18 @@ impl Application {
                 (embedded.ensure_database().await?, Some(embedded))
             }
         };
+        // JIT off for the host's sessions: PostgreSQL compiles a query with
+        // LLVM once its estimated cost passes `jit_above_cost`, and planning
+        // 500 rows against a month of daily history partitions passes it —
+        // `insert_planned` then spent ~100 ms compiling for 27 ms of work.
+        // Every statement here is short; none gains from JIT.
+        let options = PgConnectOptions::from_str(&database_url)
+            .context("DATABASE_URL is not a PostgreSQL URL")?
+            .options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.db_max_connections)
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect(&database_url)
+            .connect_with(options)
             .await
             .context("connecting to PostgreSQL")?;
         migrate(&pool).await?;

@@ -82,6 +82,38 @@ async fn attempts_of_an_unknown_event_are_not_found_and_a_bad_id_is_named() {
     assert_eq!(body["field"], "id", "{body}");
 }
 
+/// With a month of daily history partitions, planning a batch of next
+/// occurrences passes PostgreSQL's `jit_above_cost`, and compiling it took
+/// longer than running it: the host's sessions run with JIT off, whatever
+/// the server's default.
+#[tokio::test]
+async fn the_hosts_sessions_never_compile_queries_with_jit() {
+    let app = spawn_app().await;
+    let server_default: String =
+        sqlx::query_scalar("SELECT boot_val FROM pg_settings WHERE name = 'jit'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        server_default, "on",
+        "the test cluster should default to JIT on"
+    );
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.pool)
+        .await
+        .unwrap();
+    listener.listen("nothing").await.unwrap();
+    let pooled: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(pooled, "off", "a pooled connection");
+    let listening: String = sqlx::query_scalar("SHOW jit")
+        .fetch_one(&mut listener)
+        .await
+        .unwrap();
+    assert_eq!(listening, "off", "a LISTEN connection");
+}
+
 /// One keeper pass as of `now`, waiting out the app's own pass at start.
 async fn keep(app: &crate::helpers::TestApp, now: DateTime<Utc>) -> Kept {
     for _ in 0..200 {
