@@ -427,7 +427,10 @@ pub async fn retry_failed_event(conn: &mut PgConnection, id: Uuid) -> sqlx::Resu
 /// names an occurrence already delivered (or failed): the plan is behind the
 /// series (planned from a clock a little behind the database's, or right
 /// after an early delivery), its insert is refused, and the pending event is
-/// the series' next.
+/// the series' next. Which plans are behind is found once, in an `ARRAY(…)`
+/// of its own with the plan on the outside, so that each probe of the
+/// history reads only the days around that plan's due time (runtime
+/// partition pruning) instead of every day kept.
 pub async fn cancel_unplanned_pending(
     conn: &mut PgConnection,
     user_id: Uuid,
@@ -448,14 +451,14 @@ pub async fn cancel_unplanned_pending(
                            AS p(event_type, occurrence, due_at) \
                            WHERE p.event_type = e.event_type AND p.occurrence = e.occurrence \
                              AND p.due_at = e.due_at) \
-           AND NOT EXISTS (SELECT 1 FROM unnest($2::text[], $3::timestamp[], \
-                               $4::timestamptz[]) AS p(event_type, occurrence, due_at) \
-                           JOIN event_history h ON h.user_id = e.user_id \
-                            AND h.event_type = p.event_type AND h.occurrence = p.occurrence \
-                            AND h.status <> 'cancelled' \
-                            AND h.due_at BETWEEN p.due_at - interval '3 days' \
-                                             AND p.due_at + interval '3 days' \
-                           WHERE p.event_type = e.event_type) \
+           AND e.event_type <> ALL (ARRAY( \
+                   SELECT p.event_type FROM unnest($2::text[], $3::timestamp[], \
+                                                   $4::timestamptz[]) AS p(event_type, occurrence, due_at) \
+                   WHERE EXISTS (SELECT 1 FROM event_history h \
+                                 WHERE h.user_id = $1 AND h.event_type = p.event_type \
+                                   AND h.occurrence = p.occurrence AND h.status <> 'cancelled' \
+                                   AND h.due_at BETWEEN p.due_at - interval '3 days' \
+                                                    AND p.due_at + interval '3 days'))) \
          RETURNING e.*"
     ))
     .bind(user_id)
@@ -625,7 +628,9 @@ pub async fn count_users_with_dates(pool: &PgPool, dates: &[String]) -> sqlx::Re
 /// Cancels the pending, not-yet-due events of `event_type` for `user_ids` that
 /// no plan keeps as they are. `user_ids` are the users the type answered for.
 /// A user whose plan names an occurrence already delivered keeps the pending
-/// event, as in `cancel_unplanned_pending`.
+/// event, as in `cancel_unplanned_pending` (and found the same way: written
+/// as a correlated `NOT EXISTS`, the probe read every history partition once
+/// per pending event).
 pub async fn cancel_unplanned_pending_of_type(
     conn: &mut PgConnection,
     event_type: &str,
@@ -643,14 +648,14 @@ pub async fn cancel_unplanned_pending_of_type(
                            AS p(user_id, occurrence, due_at) \
                            WHERE p.user_id = e.user_id AND p.occurrence = e.occurrence \
                              AND p.due_at = e.due_at) \
-           AND NOT EXISTS (SELECT 1 FROM unnest($3::uuid[], $4::timestamp[], \
-                               $5::timestamptz[]) AS p(user_id, occurrence, due_at) \
-                           JOIN event_history h ON h.user_id = p.user_id \
-                            AND h.event_type = e.event_type AND h.occurrence = p.occurrence \
-                            AND h.status <> 'cancelled' \
-                            AND h.due_at BETWEEN p.due_at - interval '3 days' \
-                                             AND p.due_at + interval '3 days' \
-                           WHERE p.user_id = e.user_id) \
+           AND e.user_id <> ALL (ARRAY( \
+                   SELECT p.user_id FROM unnest($3::uuid[], $4::timestamp[], \
+                                                $5::timestamptz[]) AS p(user_id, occurrence, due_at) \
+                   WHERE EXISTS (SELECT 1 FROM event_history h \
+                                 WHERE h.user_id = p.user_id AND h.event_type = $1 \
+                                   AND h.occurrence = p.occurrence AND h.status <> 'cancelled' \
+                                   AND h.due_at BETWEEN p.due_at - interval '3 days' \
+                                                    AND p.due_at + interval '3 days'))) \
          RETURNING e.*"
     ))
     .bind(event_type)
