@@ -39,7 +39,9 @@
 //!
 //! Run with `scripts/bench.sh` (builds the plugins first), or
 //! `cargo bench -p kairos --bench throughput -- [--events N] [--calls N] [--with-pass]
-//! [--plugins-only]`.
+//! [--plugins-only] [--history N]`. `--history N` puts N finished events
+//! (with their attempts) on record over the 30 days before the run, as a
+//! fleet holds at steady state, before the delivery figure.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -72,6 +74,9 @@ struct Args {
     with_pass: bool,
     /// Only the plugin figures (1 and 1b), not the delivery ones.
     plugins_only: bool,
+    /// Finished events (one attempt each) already on record, spread over
+    /// the retention before today: the steady state of a running fleet.
+    history: usize,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -80,6 +85,7 @@ fn parse_args() -> anyhow::Result<Args> {
         calls: 20_000,
         with_pass: false,
         plugins_only: false,
+        history: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -88,6 +94,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--calls" => args.calls = it.next().unwrap_or_default().parse()?,
             "--with-pass" => args.with_pass = true,
             "--plugins-only" => args.plugins_only = true,
+            "--history" => args.history = it.next().unwrap_or_default().parse()?,
             // `cargo bench` passes `--bench`; ignore it and any filter.
             "--bench" => {}
             other if other.starts_with("--") => anyhow::bail!("unknown option {other}"),
@@ -141,7 +148,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         let raw = raw_post_rate(&receiver, args.events).await?;
-        delivery_throughput(&wasm, &receiver, args.events, args.with_pass, raw).await
+        delivery_throughput(&wasm, &receiver, &args, raw).await
     });
     receiver.stop();
     result
@@ -536,8 +543,7 @@ fn micros(d: Duration) -> f64 {
 async fn delivery_throughput(
     wasm: &Path,
     receiver: &Receiver,
-    events: usize,
-    with_pass: bool,
+    args: &Args,
     raw: f64,
 ) -> anyhow::Result<()> {
     let bench_dir = workspace_root().join("target/bench");
@@ -548,7 +554,7 @@ async fn delivery_throughput(
     std::fs::copy(wasm, plugin_dir.join("birthday.wasm"))?;
 
     let mut pg = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&pg_dir)).await??;
-    let result = deliver_all(&pg, &plugin_dir, receiver, events, with_pass, raw).await;
+    let result = deliver_all(&pg, &plugin_dir, receiver, args, raw).await;
     tokio::task::spawn_blocking(move || pg.stop()).await??;
     result
 }
@@ -557,13 +563,21 @@ async fn deliver_all(
     pg: &EmbeddedPostgres,
     plugin_dir: &Path,
     receiver: &Receiver,
-    events: usize,
-    with_pass: bool,
+    args: &Args,
     raw: f64,
 ) -> anyhow::Result<()> {
+    let (events, with_pass) = (args.events, args.with_pass);
     let url = pg.ensure_database().await?;
     let pool = sqlx::PgPool::connect(&url).await?;
     kairos::startup::migrate(&pool).await?;
+    if args.history > 0 {
+        fill_history(&pool, args.history).await?;
+    }
+    let before = record_size(&pool).await?;
+    let delivered_before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status = 'delivered'")
+            .fetch_one(&pool)
+            .await?;
 
     // Users across five offsets, each with a birthday event already due: the
     // birthday was two days ago (before today in every zone), its event is
@@ -672,7 +686,8 @@ async fn deliver_all(
             sqlx::query_scalar("SELECT count(*) FROM event_history WHERE status = 'delivered'")
                 .fetch_one(&pool)
                 .await?;
-        if delivered as usize >= events {
+        let delivered = (delivered - delivered_before) as usize;
+        if delivered >= events {
             break;
         }
         anyhow::ensure!(
@@ -709,7 +724,15 @@ async fn deliver_all(
         planned as usize == events,
         "{planned} next occurrences planned for {events} deliveries"
     );
-    let record = record_size(&pool).await?;
+    // What this run added to the record.
+    let record: Vec<_> = record_size(&pool)
+        .await?
+        .into_iter()
+        .zip(before)
+        .map(|((table, rows, bytes), (_, rows_before, bytes_before))| {
+            (table, rows - rows_before, bytes - bytes_before)
+        })
+        .collect();
 
     let latency = idle_latency(&pool, receiver).await;
     let _ = stop.send(());
@@ -749,6 +772,45 @@ async fn deliver_all(
             "  birthday's scheduling pass over all {events} users was still running when the last event was delivered"
         ),
     }
+    Ok(())
+}
+
+/// `rows` finished events of other users, each delivered at its first
+/// attempt, due over the 30 days before today, in the keeper's daily
+/// partitions (one keeper pass makes them, as the host's would).
+async fn fill_history(pool: &sqlx::PgPool, rows: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let settings = Settings::from_args(["kairos"])?.retention_settings();
+    kairos::retention::keep(pool, Utc::now(), settings).await?;
+    sqlx::query(
+        "INSERT INTO event_history (id, user_id, event_type, occurrence, timezone, due_at, \
+             run_at, status, attempts, attempts_before_retry, delivered_at, created_at, \
+             updated_at, event_type_version) \
+         SELECT gen_random_uuid(), gen_random_uuid(), 'birthday', \
+                date_trunc('day', d) + time '09:00', 'Europe/London', d, d, 'delivered', 1, 0, \
+                d, d - interval '1 year', d, '0.1.0' \
+         FROM (SELECT current_date - interval '30 days' + random() * interval '30 days' AS d \
+               FROM generate_series(1, $1)) s",
+    )
+    .bind(rows as i64)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO event_attempts (event_id, due_at, at, replica, status, latency_ms, outcome) \
+         SELECT id, due_at, delivered_at, gen_random_uuid(), 200, 3, 'delivered' FROM event_history",
+    )
+    .execute(pool)
+    .await?;
+    if std::env::var_os("TRUNC").is_some() {
+        sqlx::query("TRUNCATE event_history, event_attempts")
+            .execute(pool)
+            .await?;
+    }
+    sqlx::query("ANALYZE").execute(pool).await?;
+    println!(
+        "\nhistory: {rows} finished events and their attempts over the last 30 days, in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
