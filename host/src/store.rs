@@ -458,7 +458,8 @@ pub async fn cancel_unplanned_pending(
                                  WHERE h.user_id = $1 AND h.event_type = p.event_type \
                                    AND h.occurrence = p.occurrence AND h.status <> 'cancelled' \
                                    AND h.due_at BETWEEN p.due_at - interval '3 days' \
-                                                    AND p.due_at + interval '3 days'))) \
+                                                    AND p.due_at + interval '3 days' \
+                                 OFFSET 0))) \
          RETURNING e.*"
     ))
     .bind(user_id)
@@ -547,6 +548,13 @@ impl<'a> PlanColumns<'a> {
 /// in key order, so two transactions inserting overlapping plans (a
 /// scheduling pass and a delivery's next occurrence) wait on each other in
 /// the same order instead of deadlocking.
+///
+/// `OFFSET 0` keeps each check a subquery run per planned row — an index
+/// probe, in the history only the days around that row's due time — whatever
+/// the statistics say. Without it, a planner that takes the tables for small
+/// (today's partition filling before autovacuum analyzes it, users just
+/// imported) joins by hashing all of `users` and every history partition,
+/// once per call: 73 ms for 500 plans against 100,000 rows, 12 ms with it.
 pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> sqlx::Result<u64> {
     if plans.is_empty() {
         return Ok(0);
@@ -561,12 +569,13 @@ pub async fn insert_planned(conn: &mut PgConnection, plans: &[PlannedEvent]) -> 
          SELECT id, user_id, event_type, occurrence, timezone, due_at, due_at \
          FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamp[], $5::text[], $6::timestamptz[]) \
               WITH ORDINALITY AS p(id, user_id, event_type, occurrence, timezone, due_at, n) \
-         WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id) \
+         WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = p.user_id OFFSET 0) \
            AND NOT EXISTS (SELECT 1 FROM event_history h \
                            WHERE h.user_id = p.user_id AND h.event_type = p.event_type \
                              AND h.occurrence = p.occurrence AND h.status <> 'cancelled' \
                              AND h.due_at BETWEEN p.due_at - interval '3 days' \
-                                              AND p.due_at + interval '3 days') \
+                                              AND p.due_at + interval '3 days' \
+                           OFFSET 0) \
          ORDER BY p.n \
          ON CONFLICT (user_id, event_type, occurrence) WHERE status <> 'cancelled' DO NOTHING",
     ))
@@ -655,7 +664,8 @@ pub async fn cancel_unplanned_pending_of_type(
                                  WHERE h.user_id = p.user_id AND h.event_type = $1 \
                                    AND h.occurrence = p.occurrence AND h.status <> 'cancelled' \
                                    AND h.due_at BETWEEN p.due_at - interval '3 days' \
-                                                    AND p.due_at + interval '3 days'))) \
+                                                    AND p.due_at + interval '3 days' \
+                                 OFFSET 0))) \
          RETURNING e.*"
     ))
     .bind(event_type)
