@@ -785,27 +785,17 @@ async fn fill_history(pool: &sqlx::PgPool, rows: usize) -> anyhow::Result<()> {
     sqlx::query(
         "INSERT INTO event_history (id, user_id, event_type, occurrence, timezone, due_at, \
              run_at, status, attempts, attempts_before_retry, delivered_at, created_at, \
-             updated_at, event_type_version) \
+             updated_at, event_type_version, attempt_at, attempt_replica, attempt_status, \
+             attempt_latency_ms, attempt_outcome) \
          SELECT gen_random_uuid(), gen_random_uuid(), 'birthday', \
                 date_trunc('day', d) + time '09:00', 'Europe/London', d, d, 'delivered', 1, 0, \
-                d, d - interval '1 year', d, '0.1.0' \
+                d, d - interval '1 year', d, '0.1.0', d, gen_random_uuid(), 200, 3, 'delivered' \
          FROM (SELECT current_date - interval '30 days' + random() * interval '30 days' AS d \
                FROM generate_series(1, $1)) s",
     )
     .bind(rows as i64)
     .execute(pool)
     .await?;
-    sqlx::query(
-        "INSERT INTO event_attempts (event_id, due_at, at, replica, status, latency_ms, outcome) \
-         SELECT id, due_at, delivered_at, gen_random_uuid(), 200, 3, 'delivered' FROM event_history",
-    )
-    .execute(pool)
-    .await?;
-    if std::env::var_os("TRUNC").is_some() {
-        sqlx::query("TRUNCATE event_history, event_attempts")
-            .execute(pool)
-            .await?;
-    }
     sqlx::query("ANALYZE").execute(pool).await?;
     println!(
         "\nhistory: {rows} finished events and their attempts over the last 30 days, in {:.1} s",

@@ -293,7 +293,11 @@ pub async fn complete(pool: &PgPool, completions: &[Completion]) -> anyhow::Resu
 
 /// Records finished outcomes: the events leave `events` for the history.
 /// An outcome with no `event_type_version` (no message was made) keeps the
-/// event's, as `AGAIN` does.
+/// event's, as `AGAIN` does. The attempt that finished the event is kept on
+/// its history row (`attempt_*`; its error is `last_error` unless
+/// delivered), not as a row of `event_attempts`: most events finish at their
+/// first attempt, and a row and index entry of their own per delivery cost
+/// 8 % of the delivery rate.
 const FINISH: &str = "WITH c AS ( \
         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
             $6::timestamptz[], $7::uuid[], $8::smallint[], $9::int[], $10::text[]) \
@@ -304,20 +308,17 @@ const FINISH: &str = "WITH c AS ( \
         WHERE e.id = c.id AND e.lease_id = c.lease_id AND e.status = 'processing' \
         RETURNING e.*, c.status AS outcome, c.error AS outcome_error, \
             c.version AS outcome_version, c.a_at, c.a_replica, c.a_status, c.a_latency, \
-            c.a_outcome), \
-    attempts AS ( \
-        INSERT INTO event_attempts (event_id, due_at, at, replica, status, latency_ms, error, \
-            outcome) \
-        SELECT id, due_at, a_at, a_replica, a_status, a_latency, outcome_error, a_outcome \
-        FROM finished WHERE a_outcome IS NOT NULL) \
+            c.a_outcome) \
     INSERT INTO event_history (id, user_id, event_type, occurrence, timezone, due_at, \
         run_at, status, attempts, attempts_before_retry, last_error, lease_id, \
-        lease_until, delivered_at, created_at, updated_at, event_type_version) \
+        lease_until, delivered_at, created_at, updated_at, event_type_version, \
+        attempt_at, attempt_replica, attempt_status, attempt_latency_ms, attempt_outcome) \
     SELECT id, user_id, event_type, occurrence, timezone, due_at, run_at, outcome, \
         attempts, attempts_before_retry, \
         CASE WHEN outcome = 'delivered' THEN last_error ELSE outcome_error END, \
         NULL, NULL, CASE WHEN outcome = 'delivered' THEN now() END, created_at, now(), \
-        coalesce(outcome_version, event_type_version) \
+        coalesce(outcome_version, event_type_version), \
+        a_at, a_replica, a_status, a_latency, a_outcome \
     FROM finished \
     RETURNING id";
 

@@ -128,6 +128,27 @@ macro_rules! cancel_into_history {
     };
 }
 
+/// The attempts of the events whose id is `$cond` (`"= $1"`, `"= ANY($1)"`):
+/// those that left an event pending, in `event_attempts`, and the one that
+/// finished it, on its `event_history` row. Columns `event_id, at, replica,
+/// status, latency_ms, error, outcome`, unordered.
+macro_rules! attempts_of {
+    ($cond:literal) => {
+        concat!(
+            "SELECT event_id, at, replica, status, latency_ms, error, outcome \
+             FROM event_attempts WHERE event_id ",
+            $cond,
+            " UNION ALL \
+             SELECT id, attempt_at, attempt_replica, attempt_status, attempt_latency_ms, \
+                 CASE WHEN attempt_outcome = 'delivered' THEN NULL ELSE last_error END, \
+                 attempt_outcome \
+             FROM event_history WHERE attempt_outcome IS NOT NULL AND id ",
+            $cond
+        )
+    };
+}
+pub(crate) use attempts_of;
+
 /// The columns of `Event`.
 macro_rules! event_columns {
     () => {
@@ -391,10 +412,12 @@ pub async fn event_attempts(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Vec<
     if !known {
         return Ok(None);
     }
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         "SELECT row_number() OVER (ORDER BY at) AS n, at, replica, status, latency_ms, error, \
-         outcome FROM event_attempts WHERE event_id = $1 ORDER BY at",
-    )
+         outcome FROM (",
+        attempts_of!("= $1"),
+        ") a ORDER BY at"
+    ))
     .bind(id)
     .fetch_all(pool)
     .await
@@ -403,10 +426,18 @@ pub async fn event_attempts(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Vec<
 
 /// Puts a `failed` event back to `pending`, runnable now, with a fresh round
 /// of attempts. `None` when the event is not failed (or does not exist).
+/// The attempt that failed it leaves its history row for `event_attempts`,
+/// so the event's attempts stay whole when it finishes again.
 pub async fn retry_failed_event(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<Event>> {
     sqlx::query_as(concat!(
         "WITH failed AS ( \
-             DELETE FROM event_history WHERE id = $1 AND status = 'failed' RETURNING *) \
+             DELETE FROM event_history WHERE id = $1 AND status = 'failed' RETURNING *), \
+         kept AS ( \
+             INSERT INTO event_attempts (event_id, due_at, at, replica, status, latency_ms, \
+                 error, outcome) \
+             SELECT id, due_at, attempt_at, attempt_replica, attempt_status, \
+                 attempt_latency_ms, last_error, attempt_outcome \
+             FROM failed WHERE attempt_outcome IS NOT NULL) \
          INSERT INTO events (id, user_id, event_type, occurrence, timezone, due_at, run_at, \
              status, attempts, attempts_before_retry, last_error, created_at, updated_at, \
              event_type_version) \

@@ -69,6 +69,41 @@ async fn an_event_answered_503_503_then_200_shows_its_three_attempts() {
     assert_eq!(app.receiver.received().len(), 3);
 }
 
+/// The attempt that fails an event is kept on its history row; a retry by
+/// hand moves it to the attempt log, so the next finishing attempt does
+/// not take its place.
+#[tokio::test]
+async fn a_failed_event_retried_by_hand_keeps_every_attempt() {
+    let app = spawn_app().await;
+    app.receiver.respond_with(&[400]);
+    let (_, event_id) = app.ada_with_event().await;
+    app.make_due(&event_id).await;
+    assert_eq!(app.run_claimer_once().await, 1);
+    assert_eq!(app.event(&event_id).await["status"], "failed");
+    assert_eq!(attempts(&app, &event_id).await.len(), 1);
+
+    let response = app
+        .post_json(&format!("/events/{event_id}/retry"), &json!({}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        attempts(&app, &event_id).await.len(),
+        1,
+        "kept by the retry"
+    );
+    assert_eq!(app.run_claimer_once().await, 1);
+    assert_eq!(app.event(&event_id).await["status"], "delivered");
+
+    let log = attempts(&app, &event_id).await;
+    let column = |key: &str| log.iter().map(|a| a[key].clone()).collect::<Vec<_>>();
+    assert_eq!(column("n"), [json!(1), json!(2)]);
+    assert_eq!(column("status"), [json!(400), json!(200)]);
+    assert_eq!(column("outcome"), [json!("failed"), json!("delivered")]);
+    let errors = column("error");
+    assert!(errors[0].as_str().unwrap().contains("400"), "{errors:?}");
+    assert_eq!(errors[1], Value::Null);
+}
+
 #[tokio::test]
 async fn attempts_of_an_unknown_event_are_not_found_and_a_bad_id_is_named() {
     let app = spawn_app().await;
@@ -180,9 +215,11 @@ async fn history_past_retention_goes_by_whole_days_and_pending_events_stay() {
         assert_eq!(app.event(&id).await["status"], "delivered");
         delivered.push(id);
     }
+    // An attempt that finished its event is on the event's history row,
+    // so it ages with it.
+    assert_eq!(count(&app, "SELECT count(*) FROM event_attempts").await, 0);
     for (id, days) in delivered.iter().zip([40, 40, 10]) {
         age(&app, "event_history", "id", id, days).await;
-        age(&app, "event_attempts", "event_id", id, days).await;
     }
     // A pending event due 40 days ago (a long outage), with one attempt on
     // record: retention never touches it.

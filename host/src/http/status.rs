@@ -181,11 +181,12 @@ async fn failures(pool: &PgPool) -> sqlx::Result<Vec<Failure>> {
     .fetch_all(pool)
     .await?;
     let ids: Vec<Uuid> = failures.iter().map(|f| f.id).collect();
-    let tries: Vec<Try> = sqlx::query_as(
+    let tries: Vec<Try> = sqlx::query_as(concat!(
         "SELECT event_id, row_number() OVER (PARTITION BY event_id ORDER BY at) AS n, at, \
-             status, latency_ms, outcome, error \
-         FROM event_attempts WHERE event_id = ANY($1) ORDER BY event_id, at",
-    )
+             status, latency_ms, outcome, error FROM (",
+        crate::store::attempts_of!("= ANY($1)"),
+        ") a ORDER BY event_id, at"
+    ))
     .bind(&ids)
     .fetch_all(pool)
     .await?;
